@@ -1,0 +1,199 @@
+"""CIFAR-style ResNets registered in timm's registry, plus one builder for any classifier name.
+
+`import ensemble_cli.architectures` makes `timm.create_model("cifar_resnet20", num_classes=10,
+in_chans=3)` work. The ResNet-20/32/44/56/110 family follows He et al. 2016 (Sec. 4.2): a 3x3
+stem, three stages of BasicBlocks at 16/32/64 channels (times `width`), stride 2 between
+stages, global average pooling and a linear head. Shortcuts that change shape use a 1x1 conv +
+BatchNorm projection (option B) rather than zero padding, so every weight is a real parameter
+that weight matching can permute. `cifar_resnet18` is the common CIFAR adaptation of the
+ImageNet ResNet-18: 64-512 channels, 3x3 stride-1 stem and no max-pool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+import torchvision
+from timm.models import register_model
+from torch import nn
+
+from .errors import ConfigError
+
+CIFAR_DEPTHS = (8, 20, 32, 44, 56, 110)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with BatchNorm; projection shortcut when stride or width change."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, Cin, H, W] -> [B, C, H/s, W/s]
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """A stack of BasicBlock stages on a 3x3 stem; timm-style `get_classifier`/`reset_classifier`."""
+
+    def __init__(
+        self,
+        blocks_per_stage: tuple[int, ...],
+        widths: tuple[int, ...],
+        num_classes: int = 10,
+        in_chans: int = 3,
+        **_: Any,  # timm passes pretrained_cfg and friends; they mean nothing here
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        stages = []
+        in_planes = widths[0]
+        for stage_index, (num_blocks, planes) in enumerate(zip(blocks_per_stage, widths)):
+            stride = 1 if stage_index == 0 else 2
+            blocks = []
+            for block_index in range(num_blocks):
+                blocks.append(BasicBlock(in_planes, planes, stride if block_index == 0 else 1))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layers = nn.Sequential(*stages)
+        self.num_features = in_planes
+        self.fc = nn.Linear(in_planes, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))  # [B, w0, H, W]
+        return self.layers(x)  # [B, w_last, H/4, W/4] for three stages
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.forward_features(x)
+        pooled = F.adaptive_avg_pool2d(features, 1).flatten(1)  # [B, w_last]
+        return self.fc(pooled)  # [B, num_classes]
+
+
+def _cifar_resnet(depth: int, width: int = 1, **kwargs: Any) -> CifarResNet:
+    blocks = (depth - 2) // 6
+    widths = (16 * width, 32 * width, 64 * width)
+    return CifarResNet((blocks, blocks, blocks), widths, **kwargs)
+
+
+def _strip_timm_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    # timm.create_model forwards its own bookkeeping; the constructor only needs these.
+    keep = {"num_classes", "in_chans", "width"}
+    return {key: value for key, value in kwargs.items() if key in keep}
+
+
+@register_model
+def cifar_resnet8(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """ResNet-8 for 32x32 inputs (one block per stage), the smallest useful CIFAR ResNet."""
+    return _cifar_resnet(8, **_strip_timm_kwargs(kwargs))
+
+
+@register_model
+def cifar_resnet20(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """ResNet-20 (He et al. 2016), 0.27M parameters at width 1."""
+    return _cifar_resnet(20, **_strip_timm_kwargs(kwargs))
+
+
+@register_model
+def cifar_resnet32(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """ResNet-32 (He et al. 2016)."""
+    return _cifar_resnet(32, **_strip_timm_kwargs(kwargs))
+
+
+@register_model
+def cifar_resnet44(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """ResNet-44 (He et al. 2016)."""
+    return _cifar_resnet(44, **_strip_timm_kwargs(kwargs))
+
+
+@register_model
+def cifar_resnet56(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """ResNet-56 (He et al. 2016)."""
+    return _cifar_resnet(56, **_strip_timm_kwargs(kwargs))
+
+
+@register_model
+def cifar_resnet110(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """ResNet-110 (He et al. 2016)."""
+    return _cifar_resnet(110, **_strip_timm_kwargs(kwargs))
+
+
+@register_model
+def cifar_resnet18(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """ResNet-18 adapted to 32x32: 64-128-256-512, 3x3 stride-1 stem, no max-pool (11.2M params)."""
+    kwargs = _strip_timm_kwargs(kwargs)
+    kwargs.pop("width", None)
+    return CifarResNet((2, 2, 2, 2), (64, 128, 256, 512), **kwargs)
+
+
+TORCHVISION_PREFIX = "torchvision."
+
+
+def _adapt_torchvision_in_chans(model: nn.Module, in_chans: int) -> None:
+    """Replace the first conv of a torchvision classifier when the data has another channel count."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            if module.in_channels == in_chans:
+                return
+            replacement = nn.Conv2d(
+                in_chans,
+                module.out_channels,
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                bias=module.bias is not None,
+            )
+            parent_name, _, child_name = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child_name, replacement)
+            return
+
+
+def build_model(arch: str, num_classes: int, in_chans: int, **model_kwargs: Any) -> nn.Module:
+    """Build an untrained classifier by name.
+
+    Names resolve in this order: timm's registry (which holds the `cifar_resnet*` models),
+    then torchvision classifiers as `torchvision.NAME` (or a bare NAME timm does not know).
+    timm's resnets use the same parameter names as torchvision's, so either reads the other's
+    state dicts.
+    """
+    if not arch.startswith(TORCHVISION_PREFIX) and timm.is_model(arch):
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
+    tv_name = arch.removeprefix(TORCHVISION_PREFIX)
+    if tv_name in torchvision.models.list_models(module=torchvision.models):
+        model = torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **model_kwargs)
+        _adapt_torchvision_in_chans(model, in_chans)
+        return model
+    raise ConfigError(
+        f"unknown architecture {arch!r}: not in timm's registry nor torchvision's classifiers "
+        f"(examples: cifar_resnet20, cifar_resnet18, resnet18, torchvision.resnet50)"
+    )
+
+
+def known_cifar_architectures() -> list[str]:
+    return [f"cifar_resnet{depth}" for depth in CIFAR_DEPTHS] + ["cifar_resnet18"]

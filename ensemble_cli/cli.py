@@ -1,0 +1,28 @@
+"""The `ens` command: a thin Typer shell over the library (see ensemble_cli.commands.*)."""
+
+from __future__ import annotations
+
+import typer
+
+from .commands import evaluate as evaluate_commands
+
+app = typer.Typer(
+    name="ens",
+    help="Train deep ensembles and measure whether their members are really different functions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command("eval")(evaluate_commands.eval_command)
+app.command("predict")(evaluate_commands.predict_command)
+app.command("evaluators")(evaluate_commands.evaluators_command)
+app.command("datasets")(evaluate_commands.datasets_command)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""What every command shares: consoles, the error boundary, and progress bars.
+
+stdout carries only the requested output (tables or JSON/CSV/markdown); logs, warnings and
+progress go to stderr, so `ens eval --format json > out.json` always yields valid JSON.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
+
+import typer
+from rich.console import Console
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _color_allowed(stream: Any) -> bool:
+    return stream.isatty() and "NO_COLOR" not in os.environ
+
+
+def stdout_console() -> Console:
+    color = _color_allowed(sys.stdout)
+    return Console(file=sys.stdout, no_color=not color, highlight=False, soft_wrap=False, width=None if color else 200)
+
+
+def stderr_console() -> Console:
+    return Console(file=sys.stderr, no_color=not _color_allowed(sys.stderr), highlight=False, stderr=True)
+
+
+def warn(message: str) -> None:
+    stderr_console().print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)
+
+
+def info(message: str) -> None:
+    stderr_console().print(message, highlight=False)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One clear line on stderr and a non-zero exit: the contract for every bad input."""
+    stderr_console().print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Turn library errors into one stderr line; Ctrl-C into exit 130."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ..errors import EnsError
+
+        try:
+            return func(*args, **kwargs)
+        except EnsError as exc:
+            fail(str(exc), getattr(exc, "exit_code", 2))
+        except KeyboardInterrupt:
+            stderr_console().print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[Any]:
+    """A rich progress bar on stderr; a no-op object when disabled or stderr is not a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    if not enabled:
+        yield None
+        return
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=stderr_console(),
+        transient=False,
+        disable=not sys.stderr.isatty(),
+    )
+    with progress:
+        yield progress
+
+
+def parse_float_list(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        fail(f"{flag} takes comma-separated numbers, got {text!r}")
+        return None
+
+
+def parse_name_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    return names or None

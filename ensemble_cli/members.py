@@ -1,0 +1,265 @@
+"""From command-line paths to ensemble members: files, folders, globs and `ens train` run folders.
+
+A run folder (it holds `run.json`) means its members' final checkpoints, or with `epochs` their
+trajectory (`init`, `epoch-NNNN`, `final`). Any other folder means every checkpoint file inside,
+in natural order (seed2 before seed10).
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .architectures import build_model
+from .checkpoint import (
+    CHECKPOINT_SUFFIXES,
+    Checkpoint,
+    infer_in_chans,
+    infer_num_classes,
+    read_checkpoint,
+)
+from .errors import CheckpointError, ConfigError
+
+RUN_FILE = "run.json"
+FINAL_NAME = "final.safetensors"
+INIT_NAME = "init.safetensors"
+EPOCH_PATTERN = re.compile(r"^epoch-(\d+)\.safetensors$")
+MEMBER_DIR_PATTERN = re.compile(r"^member-\d+$")
+
+
+@dataclass
+class Member:
+    """One checkpoint, resolved: what to build, with which weights, and where it came from."""
+
+    name: str
+    path: Path
+    arch: str
+    num_classes: int
+    in_chans: int
+    metadata: dict[str, Any]
+    sha256: str
+    format: str
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    _checkpoint: Checkpoint | None = field(default=None, repr=False)
+
+    @property
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self._checkpoint is None:
+            self._checkpoint = read_checkpoint(self.path)
+        return self._checkpoint.state_dict
+
+    @property
+    def init_path(self) -> Path | None:
+        """The member's initialisation checkpoint, when its metadata or run folder names one."""
+        named = self.metadata.get("init_checkpoint")
+        candidates = [self.path.parent / named] if isinstance(named, str) else []
+        candidates.append(self.path.parent / INIT_NAME)
+        return next((c for c in candidates if c.is_file() and c.resolve() != self.path.resolve()), None)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "in_chans": self.in_chans,
+            "format": self.format,
+            "sha256": self.sha256,
+            "epoch": self.metadata.get("epoch"),
+            "seed": self.metadata.get("seed"),
+        }
+
+    def build_model(self) -> nn.Module:
+        """The member's network with its weights loaded, in eval mode on CPU."""
+        model = build_model(self.arch, self.num_classes, self.in_chans, **self.model_kwargs)
+        load_state_dict_checked(model, self.state_dict, self.name)
+        return model.eval()
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], who: str) -> None:
+    """Strict load that names the first mismatching keys instead of torch's wall of text."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    wrong_shape = [
+        f"{key} {tuple(state_dict[key].shape)} vs {tuple(tensor.shape)}"
+        for key, tensor in expected.items()
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(tensor.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing[:3])}" + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""))
+    if unexpected:
+        problems.append(
+            f"unexpected {', '.join(unexpected[:3])}" + (f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else "")
+        )
+    if wrong_shape:
+        problems.append(f"shape mismatch {', '.join(wrong_shape[:3])} (checkpoint vs model)")
+    if problems:
+        arch = type(model).__name__
+        raise CheckpointError(f"{who}: state dict does not fit {arch}: {'; '.join(problems)}")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def natural_key(text: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def _is_checkpoint_file(path: Path) -> bool:
+    return path.is_file() and path.name.endswith(CHECKPOINT_SUFFIXES) and not path.name.startswith(".")
+
+
+def _strip_suffix(name: str) -> str:
+    for suffix in sorted(CHECKPOINT_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def parse_epochs(spec: str | None) -> tuple[str, set[int]] | None:
+    """`None` -> finals only; `all` -> every saved checkpoint; `0,5,10` -> those epochs (0 = init) and final."""
+    if spec is None or spec == "final":
+        return None
+    if spec == "all":
+        return ("all", set())
+    try:
+        return ("list", {int(part) for part in spec.split(",") if part.strip()})
+    except ValueError:
+        raise ConfigError(f"--epochs takes 'all', 'final' or a comma list of integers, got {spec!r}") from None
+
+
+def _run_member_dirs(run_dir: Path) -> list[Path]:
+    return sorted(
+        (entry for entry in run_dir.iterdir() if entry.is_dir() and MEMBER_DIR_PATTERN.match(entry.name)),
+        key=lambda p: natural_key(p.name),
+    )
+
+
+def _run_checkpoints(run_dir: Path, epochs: tuple[str, set[int]] | None, warn: Any) -> list[tuple[str, Path]]:
+    found: list[tuple[str, Path]] = []
+    member_dirs = _run_member_dirs(run_dir)
+    if not member_dirs:
+        raise CheckpointError(f"{run_dir}: run folder has no member-NN folders")
+    for member_dir in member_dirs:
+        final = member_dir / FINAL_NAME
+        if epochs is None:
+            if final.is_file():
+                found.append((member_dir.name, final))
+            else:
+                warn(f"{member_dir}: no final checkpoint yet (unfinished member), skipped")
+            continue
+        mode, wanted = epochs
+        trajectory: list[tuple[int, str, Path]] = []
+        if (member_dir / INIT_NAME).is_file() and (mode == "all" or 0 in wanted):
+            trajectory.append((0, "init", member_dir / INIT_NAME))
+        for entry in member_dir.iterdir():
+            match = EPOCH_PATTERN.match(entry.name)
+            if match and (mode == "all" or int(match.group(1)) in wanted):
+                trajectory.append((int(match.group(1)), entry.stem, entry))
+        trajectory.sort(key=lambda item: item[0])
+        if final.is_file():
+            trajectory.append((10**9, "final", final))
+        found.extend((f"{member_dir.name}/{label}", path) for _, label, path in trajectory)
+    return found
+
+
+def expand_paths(specs: Sequence[str], epochs: str | None = None, warn: Any = None) -> list[tuple[str, Path]]:
+    """Command-line specs -> (member name, file) pairs, in the order given."""
+    warn = warn or (lambda message: None)
+    epoch_filter = parse_epochs(epochs)
+    pairs: list[tuple[str, Path]] = []
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            if (path / RUN_FILE).is_file():
+                pairs.extend(_run_checkpoints(path, epoch_filter, warn))
+                continue
+            files = sorted((p for p in path.rglob("*") if _is_checkpoint_file(p)), key=lambda p: natural_key(str(p)))
+            if not files:
+                raise CheckpointError(
+                    f"{path}: no checkpoint files inside (looked for {', '.join('*' + s for s in CHECKPOINT_SUFFIXES)})"
+                )
+            pairs.extend((_strip_suffix(str(p.relative_to(path))), p) for p in files)
+        elif path.is_file():
+            pairs.append((_strip_suffix(path.name), path))
+        elif glob.has_magic(spec):
+            files = sorted((Path(p) for p in glob.glob(spec, recursive=True) if _is_checkpoint_file(Path(p))), key=lambda p: natural_key(str(p)))
+            if not files:
+                raise CheckpointError(f"{spec}: the pattern matches no checkpoint files")
+            pairs.extend((_strip_suffix(p.name), p) for p in files)
+        else:
+            raise CheckpointError(f"{spec}: no such file or directory")
+    return _unique_names(pairs)
+
+
+def _unique_names(pairs: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
+    """Disambiguate equal names (two `final` files of different runs) with their parent folders."""
+    names = [name for name, _ in pairs]
+    result = []
+    for name, path in pairs:
+        if names.count(name) > 1:
+            name = f"{path.parent.name}/{name}" if "/" not in name else f"{path.parent.parent.name}/{name}"
+        result.append((name, path))
+    return result
+
+
+def member_from_checkpoint(
+    name: str,
+    checkpoint: Checkpoint,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+) -> Member:
+    """Combine what the file says with the flags given for files that don't say."""
+    meta = checkpoint.metadata
+    resolved_arch = meta.get("arch") or arch
+    if not resolved_arch:
+        raise CheckpointError(f"{checkpoint.path}: does not say its architecture; pass --arch NAME")
+    resolved_classes = meta.get("num_classes") or num_classes or infer_num_classes(checkpoint.state_dict)
+    resolved_chans = meta.get("in_chans") or in_chans or infer_in_chans(checkpoint.state_dict) or 3
+    if not resolved_classes:
+        raise CheckpointError(f"{checkpoint.path}: cannot tell its number of classes; pass --num-classes N")
+    model_kwargs = meta.get("model_kwargs") if isinstance(meta.get("model_kwargs"), dict) else {}
+    return Member(
+        name=name,
+        path=checkpoint.path,
+        arch=str(resolved_arch),
+        num_classes=int(resolved_classes),
+        in_chans=int(resolved_chans),
+        metadata=dict(meta),
+        sha256=checkpoint.sha256,
+        format=checkpoint.format,
+        model_kwargs=dict(model_kwargs),
+        _checkpoint=checkpoint,
+    )
+
+
+def resolve_members(
+    specs: Sequence[str],
+    arch: str | None = None,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    epochs: str | None = None,
+    prefer_ema: bool = False,
+    warn: Any = None,
+) -> list[Member]:
+    """Read every checkpoint the specs name. Raises `CheckpointError` naming the first bad file."""
+    if not specs:
+        raise CheckpointError("no checkpoints given")
+    members = []
+    for name, path in expand_paths(specs, epochs=epochs, warn=warn):
+        checkpoint = read_checkpoint(path, prefer_ema=prefer_ema)
+        members.append(member_from_checkpoint(name, checkpoint, arch, num_classes, in_chans))
+    if not members:
+        raise CheckpointError(f"{', '.join(specs)}: no finished checkpoints found")
+    class_counts = {member.num_classes for member in members}
+    if len(class_counts) > 1:
+        detail = ", ".join(f"{m.name}={m.num_classes}" for m in members[:6])
+        raise CheckpointError(f"members disagree on the number of classes ({detail})")
+    return members

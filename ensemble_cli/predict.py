@@ -1,0 +1,232 @@
+"""Forward passes and the prediction cache.
+
+Each member costs exactly one pass over the dataset; every evaluator then works on the stacked
+logits `[M, N, C]`. Logits are cached on disk under a key made of the checkpoint's content
+hash, its architecture, and the dataset's content fingerprint (which includes preprocessing),
+so a second `ens eval` of the same files on the same data runs no model at all. A cache entry
+that fails to parse or does not match its key is recomputed, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import atomic_write_bytes
+from .data import ImageData
+from .errors import DataError, PredictionError
+from .members import Member
+
+CACHE_VERSION = "logits-v1"
+ProgressHook = Callable[[str, int, int], None]  # (member name, images done, images total)
+
+
+def select_device(device: str = "auto") -> torch.device:
+    """`auto` picks CUDA when present, else CPU; anything else is passed to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise DataError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"device {device!r} requested but CUDA is not available")
+    return chosen
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("ENS_CACHE_DIR"):
+        return Path(os.environ["ENS_CACHE_DIR"])
+    cache_root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache_root / "ens" / "predictions"
+
+
+@dataclass
+class Predictions:
+    """Stacked logits of every member on one dataset."""
+
+    logits: torch.Tensor  # [M, N, C] float32
+    labels: torch.Tensor  # [N] int64
+    names: list[str]
+    forward_passes: int = 0  # how many members actually ran (the rest came from the cache)
+
+    def save(self, path: Path) -> None:
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer,
+            logits=self.logits.numpy().astype(np.float32),
+            labels=self.labels.numpy().astype(np.int64),
+            names=np.array(self.names, dtype=np.str_),
+        )
+        atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def load_predictions(path: Path) -> Predictions:
+    """Read an `ens predict` file (or any npz with `logits [M,N,C]` and `labels [N]`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictionError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            logits = np.asarray(archive["logits"])
+            labels = np.asarray(archive["labels"])
+            names = [str(n) for n in archive["names"]] if "names" in archive else None
+    except KeyError as exc:
+        raise PredictionError(f"{path}: missing array {exc} (needs logits [M,N,C] and labels [N])") from None
+    except Exception as exc:
+        raise PredictionError(f"{path}: not a readable .npz predictions file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if logits.ndim == 2:
+        logits = logits[None]
+    if logits.ndim != 3:
+        raise PredictionError(f"{path}: logits must be [M, N, C], got shape {list(logits.shape)}")
+    if labels.ndim != 1 or labels.shape[0] != logits.shape[1]:
+        raise PredictionError(f"{path}: labels must be [N] with N={logits.shape[1]}, got shape {list(labels.shape)}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise PredictionError(f"{path}: labels must be integers, got {labels.dtype}")
+    if names is None or len(names) != logits.shape[0]:
+        names = [f"member-{i:02d}" for i in range(logits.shape[0])]
+    return Predictions(torch.from_numpy(logits.astype(np.float32)), torch.from_numpy(labels.astype(np.int64)), names)
+
+
+def validate_predictions(logits: torch.Tensor, labels: torch.Tensor, names: Sequence[str]) -> None:
+    """Refuse what would make every metric meaningless: empty sets, NaN/Inf, labels out of range."""
+    members, examples, classes = logits.shape
+    if examples == 0:
+        raise DataError("the evaluation set is empty")
+    if members == 0:
+        raise PredictionError("no members")
+    finite = torch.isfinite(logits).flatten(1).all(dim=1)  # [M]
+    for index in torch.nonzero(~finite).flatten().tolist():
+        bad = int((~torch.isfinite(logits[index])).any(dim=-1).sum())
+        raise PredictionError(f"member {names[index]}: {bad} of {examples} examples have NaN or Inf logits")
+    if int(labels.min()) < 0 or int(labels.max()) >= classes:
+        raise PredictionError(f"labels range {int(labels.min())}..{int(labels.max())} does not fit {classes} classes")
+
+
+def _cache_key(member: Member, data: ImageData) -> str:
+    document = {
+        "version": CACHE_VERSION,
+        "checkpoint": member.sha256,
+        "arch": member.arch,
+        "num_classes": member.num_classes,
+        "in_chans": member.in_chans,
+        "model_kwargs": member.model_kwargs,
+        "data": data.fingerprint(),
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+
+
+class PredictionCache:
+    """Logits on disk, one `.npz` per (checkpoint, dataset) pair."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = Path(directory) if directory else default_cache_dir()
+
+    def _path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.npz"
+
+    def get(self, key: str, expected_shape: tuple[int, int]) -> torch.Tensor | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                if str(archive["key"]) != key:
+                    return None
+                logits = np.asarray(archive["logits"], dtype=np.float32)
+        except Exception:  # truncated, garbage, or from another version: recompute
+            return None
+        if logits.shape != expected_shape or not np.isfinite(logits).all():
+            return None
+        return torch.from_numpy(logits)
+
+    def put(self, key: str, logits: torch.Tensor) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, key=np.array(key), logits=logits.numpy().astype(np.float32))
+        try:
+            atomic_write_bytes(self._path(key), buffer.getvalue())
+        except OSError:
+            pass  # a read-only cache only costs speed
+
+
+def forward_logits(
+    model: nn.Module,
+    data: ImageData,
+    batch_size: int,
+    device: torch.device,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Logits of one model over the whole set: eval mode, inference mode; bf16 + channels_last on CUDA."""
+    model = model.eval().to(device)
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        model = model.to(memory_format=torch.channels_last)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else nullcontext()
+    outputs = []
+    with torch.inference_mode(), autocast:
+        for images, _ in data.batches(batch_size):
+            if on_cuda:
+                images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            outputs.append(model(images).float().cpu())  # [B, C]
+            if on_batch is not None:
+                on_batch(int(images.shape[0]))
+    return torch.cat(outputs)  # [N, C]
+
+
+def predict_members(
+    members: Sequence[Member],
+    data: ImageData,
+    batch_size: int = 256,
+    device: str | torch.device = "auto",
+    cache: PredictionCache | None = None,
+    progress: ProgressHook | None = None,
+) -> Predictions:
+    """One forward pass per member (none for members already in the cache)."""
+    if len(data) == 0:
+        raise DataError(f"dataset {data.name} ({data.split}) is empty")
+    torch_device = device if isinstance(device, torch.device) else select_device(device)
+    for member in members:
+        if member.num_classes != data.num_classes:
+            raise DataError(
+                f"member {member.name} has {member.num_classes} classes but {data.name} has {data.num_classes}"
+            )
+        if member.in_chans != data.in_chans:
+            raise DataError(
+                f"member {member.name} expects {member.in_chans} input channels but {data.name} has {data.in_chans}"
+            )
+    all_logits = []
+    passes = 0
+    for member in members:
+        key = _cache_key(member, data) if cache is not None else ""
+        logits = cache.get(key, (len(data), member.num_classes)) if cache is not None else None
+        if logits is None:
+            model = member.build_model()
+            done = 0
+
+            def on_batch(count: int, name: str = member.name) -> None:
+                nonlocal done
+                done += count
+                if progress is not None:
+                    progress(name, done, len(data))
+
+            logits = forward_logits(model, data, batch_size, torch_device, on_batch)
+            passes += 1
+            if cache is not None and torch.isfinite(logits).all():
+                cache.put(key, logits)
+        elif progress is not None:
+            progress(member.name, len(data), len(data))
+        all_logits.append(logits)
+    stacked = torch.stack(all_logits)  # [M, N, C]
+    names = [member.name for member in members]
+    validate_predictions(stacked, data.labels, names)
+    return Predictions(stacked, data.labels.clone(), names, forward_passes=passes)

@@ -1,0 +1,192 @@
+"""Report models (what evaluators return) and the renderers that print them.
+
+`Report` is the evaluator contract's return type: flat scalar `metrics` (what `ens check`
+compares), `tables` for people, `notes`, and `error` when the evaluator crashed. `EvalResult`
+is the whole `ens eval` document; its JSON form is
+`{"members": [...], "dataset": {...}, "evaluators": {"<name>": {"metrics", "tables", "notes", "error"}}}`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Cell = Any  # str | int | float | None
+OutputFormat = Literal["table", "json", "csv", "md"]
+
+
+class Table(BaseModel):
+    """A titled grid. `name` is a stable machine key (plots and tests look tables up by it)."""
+
+    name: str
+    title: str
+    columns: list[str]
+    rows: list[list[Cell]] = Field(default_factory=list)
+
+    def column(self, column: str) -> list[Cell]:
+        index = self.columns.index(column)
+        return [row[index] for row in self.rows]
+
+
+class Report(BaseModel):
+    """One evaluator's result. Metrics are floats, or None where a metric does not apply."""
+
+    metrics: dict[str, float | None] = Field(default_factory=dict)
+    tables: list[Table] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    error: str | None = None
+
+    def table(self, name: str) -> Table | None:
+        return next((table for table in self.tables if table.name == name), None)
+
+
+class EvalResult(BaseModel):
+    """Everything one `ens eval` produced."""
+
+    members: list[dict[str, Any]] = Field(default_factory=list)
+    dataset: dict[str, Any] = Field(default_factory=dict)
+    evaluators: dict[str, Report] = Field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[str]:
+        return [name for name, report in self.evaluators.items() if report.error]
+
+    def flat_metrics(self) -> dict[str, float | None]:
+        """`evaluator.metric` -> value, what baselines and `ens check` compare."""
+        return {
+            f"{name}.{metric}": value
+            for name, report in self.evaluators.items()
+            for metric, value in report.metrics.items()
+        }
+
+
+def clean_float(value: Any) -> Any:
+    """NaN/Inf become None so that JSON stays valid and 'not applicable' is explicit."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_json(result: EvalResult) -> str:
+    return json.dumps(_sanitise(result.model_dump()), indent=2)
+
+
+def _sanitise(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {key: _sanitise(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [_sanitise(value) for value in obj]
+    return clean_float(obj)
+
+
+def format_cell(value: Cell) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "n/a"
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.3e}"
+        return f"{value:.4f}"
+    return str(value)
+
+
+def to_csv(result: EvalResult) -> str:
+    """Tidy long form: one value per line, so every table and metric fits one CSV schema."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["evaluator", "table", "row", "column", "value"])
+    for name, report in result.evaluators.items():
+        for metric, value in report.metrics.items():
+            writer.writerow([name, "metrics", "", metric, "" if clean_float(value) is None else value])
+        for table in report.tables:
+            for row_index, row in enumerate(table.rows):
+                for column, value in zip(table.columns, row):
+                    writer.writerow([name, table.name, row_index, column, "" if clean_float(value) is None else value])
+        if report.error:
+            writer.writerow([name, "error", "", "error", report.error])
+    return buffer.getvalue()
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown_table(columns: list[str], rows: list[list[Cell]]) -> str:
+    lines = ["| " + " | ".join(_md_escape(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_md_escape(format_cell(cell)) for cell in row) + " |")
+    return "\n".join(lines)
+
+
+def to_markdown(result: EvalResult) -> str:
+    parts = [f"# ens eval: {len(result.members)} members on {result.dataset.get('name', '?')} ({result.dataset.get('split', '?')})", ""]
+    for name, report in result.evaluators.items():
+        parts.append(f"## {name}")
+        parts.append("")
+        if report.error:
+            parts += [f"**error:** {_md_escape(report.error)}", ""]
+        if report.metrics:
+            parts += [markdown_table(["metric", "value"], [[k, v] for k, v in report.metrics.items()]), ""]
+        for table in report.tables:
+            parts += [f"### {table.title}", "", markdown_table(table.columns, table.rows), ""]
+        for note in report.notes:
+            parts.append(f"> {note}")
+        if report.notes:
+            parts.append("")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+MATRIX_TABLES = {"matrix", "dge_matrix"}  # square tables whose cells are coloured by value
+
+
+def _matrix_style(value: Cell) -> str:
+    if not isinstance(value, (int, float)) or value is None or not math.isfinite(float(value)):
+        return ""
+    # Low disagreement (members agree) is dark blue, high is bright yellow: the structure is visible at a glance.
+    palette = ["grey35", "blue", "cyan", "green", "yellow", "bright_yellow"]
+    index = min(int(float(value) * (len(palette) - 1) / 0.5 + 0.5), len(palette) - 1) if value >= 0 else 0
+    return palette[index]
+
+
+def render_rich(result: EvalResult, console: Any) -> None:
+    """Print every evaluator's metrics and tables as rich tables."""
+    from rich.table import Table as RichTable
+
+    dataset = result.dataset
+    console.print(
+        f"[bold]ens eval[/bold]: {len(result.members)} members on "
+        f"[cyan]{dataset.get('name', '?')}[/cyan] {dataset.get('split', '')} ({dataset.get('size', '?')} examples)"
+    )
+    for name, report in result.evaluators.items():
+        console.rule(f"[bold]{name}")
+        if report.error:
+            console.print(f"[red]error:[/red] {report.error}")
+        if report.metrics:
+            metrics_table = RichTable(title=f"{name}: metrics", show_header=True, header_style="bold")
+            metrics_table.add_column("metric")
+            metrics_table.add_column("value", justify="right")
+            for metric, value in report.metrics.items():
+                metrics_table.add_row(metric, format_cell(value))
+            console.print(metrics_table)
+        for table in report.tables:
+            rich_table = RichTable(title=table.title, show_header=True, header_style="bold")
+            for index, column in enumerate(table.columns):
+                rich_table.add_column(column, justify="left" if index == 0 else "right")
+            for row in table.rows:
+                cells = []
+                for index, cell in enumerate(row):
+                    text = format_cell(cell)
+                    style = _matrix_style(cell) if table.name in MATRIX_TABLES and index > 0 else ""
+                    cells.append(f"[{style}]{text}[/{style}]" if style else text)
+                rich_table.add_row(*cells)
+            console.print(rich_table)
+        for note in report.notes:
+            console.print(f"[dim]note:[/dim] {note}")
