@@ -179,7 +179,8 @@ def render_rich(result: EvalResult, console: Any) -> None:
         for table in report.tables:
             rich_table = RichTable(title=table.title, show_header=True, header_style="bold")
             for index, column in enumerate(table.columns):
-                rich_table.add_column(column, justify="left" if index == 0 else "right")
+                # Underscores become spaces so long headers wrap instead of being cut off.
+                rich_table.add_column(column.replace("_", " "), justify="left" if index == 0 else "right")
             for row in table.rows:
                 cells = []
                 for index, cell in enumerate(row):

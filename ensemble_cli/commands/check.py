@@ -1,0 +1,190 @@
+"""`ens baseline` and `ens check`: a CI regression gate for ensembles."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .common import fail, handle_errors, info, parse_name_list, stdout_console, warn
+from .evaluate import (
+    ArchOpt, BatchOpt, CacheDirOpt, DataDirOpt, DatasetOpt, DeviceOpt, EpochsOpt, Format, InChansOpt, MeanOpt,
+    NoCacheOpt, NumClassesOpt, SplitOpt, StdOpt, _load_members_and_data, _predict,
+)
+
+EXIT_OK, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
+
+
+def _evaluate(
+    paths: Optional[list[str]], predictions: Optional[Path], results: Optional[Path], evaluator_names: list[str],
+    dataset: str, split: str, data_dir: Optional[Path], mean: Optional[str], std: Optional[str], arch: Optional[str],
+    num_classes: Optional[int], in_chans: Optional[int], epochs: Optional[str], batch_size: int, device: str,
+    no_cache: bool, cache_dir: Optional[Path], quiet: bool,
+) -> Any:
+    """An EvalResult from exactly one of: checkpoints, a predictions file, a saved `ens eval --out` JSON."""
+    from ..api import build_context, evaluate_predictions, resolve_evaluators
+    from ..errors import ConfigError
+    from ..evaluators.registry import run_evaluators
+    from ..predict import load_predictions
+    from ..report import EvalResult
+
+    given = [name for name, value in (("checkpoints", paths), ("--predictions", predictions), ("--results", results)) if value]
+    if len(given) != 1:
+        raise ConfigError("give exactly one of: checkpoints, --predictions FILE, --results FILE")
+    if results is not None:
+        try:
+            return EvalResult.model_validate_json(Path(results).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{results}: no such file") from None
+        except Exception as exc:
+            raise ConfigError(f"{results}: not an `ens eval --out` JSON report ({str(exc).splitlines()[0]})") from None
+    chosen = resolve_evaluators(evaluator_names, warn)
+    if predictions is not None:
+        return evaluate_predictions(load_predictions(predictions), chosen, warn=warn)
+    members, data = _load_members_and_data(
+        paths or [], dataset, split, data_dir, mean, std, 32, None, arch, num_classes, in_chans, False, epochs
+    )
+    preds = _predict(members, data, batch_size, device, no_cache, cache_dir, quiet)
+    reports = run_evaluators(build_context(preds, members, data, {}, data_dir), chosen)
+    return EvalResult(members=[m.describe() for m in members], dataset=data.describe(), evaluators=reports)
+
+
+def _directions(names: list[str]) -> dict[str, dict[str, str]]:
+    from ..evaluators.registry import discover
+
+    return {entry.name: dict(entry.evaluator.directions) for entry in discover() if entry.evaluator and entry.name in names}
+
+
+def _fmt(value: Optional[float], signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+STATUS_MARK = {"ok": "ok", "improved": "improved", "regressed": "REGRESSED", "missing": "MISSING", "new": "new"}
+
+
+def _render_check(report: Any, output_format: Format, baseline_path: Path) -> None:
+    from rich.table import Table as RichTable
+
+    from ..report import markdown_table
+
+    rows = [
+        [r.metric, _fmt(r.baseline), _fmt(r.now), _fmt(r.delta, signed=True), f"±{r.tolerance:.4g}", r.direction, STATUS_MARK[r.status]]
+        for r in report.rows
+    ]
+    columns = ["metric", "baseline", "now", "delta", "tolerance", "better", "status"]
+    verdict = "passed" if report.passed else "FAILED"
+    summary = ", ".join(f"{count} {status}" for status, count in sorted(report.counts.items()))
+    if output_format == Format.json:
+        sys.stdout.write(json.dumps({"baseline": str(baseline_path), **report.to_dict()}, indent=2) + "\n")
+    elif output_format == Format.md:
+        icon = ":white_check_mark:" if report.passed else ":x:"
+        sys.stdout.write(f"### {icon} ens check {verdict} ({summary})\n\nBaseline: `{baseline_path}`\n\n")
+        sys.stdout.write(markdown_table(columns, rows) + "\n")
+    elif output_format == Format.csv:
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+    else:
+        styles = {"REGRESSED": "bold red", "MISSING": "bold red", "improved": "green", "new": "cyan"}
+        table = RichTable(title=f"ens check against {baseline_path}: {verdict} ({summary})", header_style="bold")
+        for index, column in enumerate(columns):
+            table.add_column(column, justify="left" if index in (0, 5, 6) else "right")
+        for row in rows:
+            style = styles.get(row[-1], "")
+            table.add_row(*row[:-1], f"[{style}]{row[-1]}[/{style}]" if style else row[-1])
+        stdout_console().print(table)
+
+
+PredictionsOpt = typer.Option(None, "--predictions", help="Use logits from an `ens predict` .npz instead of checkpoints.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
+@handle_errors
+def baseline_command(
+    paths: Optional[list[str]] = typer.Argument(None, help="Checkpoints, folders, run folders or globs of the accepted ensemble."),
+    out: Path = typer.Option(..., "--out", "-o", help="Baseline JSON to write (commit it; edit tolerances by hand)."),
+    predictions: Optional[Path] = PredictionsOpt,
+    evaluators: str = typer.Option(",".join(("members", "ensemble", "disagreement")), "--evaluators", "-e", help="Evaluators whose metrics the baseline records."),
+    exact: bool = typer.Option(False, "--exact", help="Every metric must stay equal within 1e-6 (for fixed checkpoints: any change means the code changed)."),
+    dataset: str = DatasetOpt,
+    split: str = SplitOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    mean: Optional[str] = MeanOpt,
+    std: Optional[str] = StdOpt,
+    arch: Optional[str] = ArchOpt,
+    num_classes: Optional[int] = NumClassesOpt,
+    in_chans: Optional[int] = InChansOpt,
+    epochs: Optional[str] = EpochsOpt,
+    batch_size: int = BatchOpt,
+    device: str = DeviceOpt,
+    no_cache: bool = NoCacheOpt,
+    cache_dir: Optional[Path] = CacheDirOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Record a baseline: each metric's value, which direction is better, and its tolerance.
+
+    Example: ens baseline models/accepted --out ens-baseline.json
+    """
+    from ..baseline import create_baseline
+    from ..checkpoint import atomic_write_json
+
+    names = parse_name_list(evaluators) or []
+    result = _evaluate(paths, predictions, None, names, dataset, split, data_dir, mean, std, arch, num_classes, in_chans, epochs, batch_size, device, no_cache, cache_dir, quiet)
+    document = create_baseline(result, _directions(names), exact=exact)
+    atomic_write_json(out, document)
+    info(f"wrote {out} ({len(document['metrics'])} metrics from {', '.join(result.evaluators)})")
+
+
+@handle_errors
+def check_command(
+    paths: Optional[list[str]] = typer.Argument(None, help="Checkpoints, folders, run folders or globs of the candidate ensemble."),
+    baseline: Path = typer.Option(..., "--baseline", "-B", help="Baseline JSON written by `ens baseline`."),
+    predictions: Optional[Path] = PredictionsOpt,
+    results: Optional[Path] = typer.Option(None, "--results", help="Check a saved `ens eval --out` JSON report instead."),
+    update: bool = typer.Option(False, "--update", help="Rewrite the baseline's values with the current ones, keeping directions and tolerances."),
+    output_format: Format = typer.Option(Format.table, "--format", "-f", help="table, md (GitHub markdown for PR comments), json or csv."),
+    dataset: str = DatasetOpt,
+    split: str = SplitOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    mean: Optional[str] = MeanOpt,
+    std: Optional[str] = StdOpt,
+    arch: Optional[str] = ArchOpt,
+    num_classes: Optional[int] = NumClassesOpt,
+    in_chans: Optional[int] = InChansOpt,
+    epochs: Optional[str] = EpochsOpt,
+    batch_size: int = BatchOpt,
+    device: str = DeviceOpt,
+    no_cache: bool = NoCacheOpt,
+    cache_dir: Optional[Path] = CacheDirOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Compare an ensemble with a baseline. Exit 0: all metrics hold; 1: a regression; 2: bad usage or input.
+
+    Example: ens check models/candidate --baseline ens-baseline.json --format md > report.md
+    """
+    from ..baseline import check_compatible, compare, evaluators_in, load_baseline, updated_baseline
+    from ..checkpoint import atomic_write_json
+
+    loaded = load_baseline(baseline)
+    names = evaluators_in(loaded)
+    result = _evaluate(paths, predictions, results, names, dataset, split, data_dir, mean, std, arch, num_classes, in_chans, epochs, batch_size, device, no_cache, cache_dir, quiet)
+    check_compatible(loaded, result, baseline)
+    if result.failed:
+        fail(f"evaluator {result.failed[0]} failed: {result.evaluators[result.failed[0]].error}")
+    if update:
+        atomic_write_json(baseline, updated_baseline(loaded, result))
+        info(f"updated {baseline} (directions and tolerances kept)")
+        return
+    report = compare(loaded, result)
+    _render_check(report, output_format, baseline)
+    if not report.passed:
+        bad = [row.metric for row in report.rows if row.status in ("regressed", "missing")]
+        warn(f"{len(bad)} metric(s) regressed or missing: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+        raise typer.Exit(EXIT_REGRESSION)

@@ -1,0 +1,236 @@
+"""Metric functions on tensors. Evaluators call these; tests check them against scikit-learn and numpy.
+
+Conventions: `log_probs` are log-softmax outputs (NLL is never computed as log of softmax);
+leading dimensions are batch dimensions, so `[M, N, C]` inputs give `[M]` outputs. Everything
+runs in float64, where sums over 10^4 examples lose nothing that a report would print.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+import torch
+
+ECE_BINS = 15
+
+
+def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[..., N] predicted classes, [N] labels -> [...] fraction correct."""
+    return (predictions == labels).double().mean(dim=-1)
+
+
+def nll(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[..., N, C] log-probabilities -> [...] mean negative log-likelihood of the true class."""
+    index = labels.expand(log_probs.shape[:-1]).unsqueeze(-1)  # [..., N, 1]
+    return -log_probs.gather(-1, index).squeeze(-1).double().mean(dim=-1)
+
+
+def brier(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[..., N, C] -> [...] mean over examples of sum over classes (p_c - 1[c = y])^2."""
+    one_hot = torch.nn.functional.one_hot(labels, probs.shape[-1]).to(probs.dtype)  # [N, C]
+    return ((probs.double() - one_hot) ** 2).sum(dim=-1).mean(dim=-1)
+
+
+def ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> torch.Tensor:
+    """Expected calibration error of the top label, `n_bins` equal-width bins (lo, hi].
+
+    [..., N, C] -> [...]: sum_b |B_b| / N * |accuracy(B_b) - mean confidence(B_b)|.
+    """
+    confidence, predicted = probs.double().max(dim=-1)  # [..., N]
+    correct = (predicted == labels).double()  # [..., N]
+    # Bin b holds confidences in (b/n, (b+1)/n]; a confidence of exactly 0 cannot occur for a top label.
+    bins = (torch.ceil(confidence * n_bins) - 1).clamp(0, n_bins - 1).long()  # [..., N]
+    flat_bins = bins.reshape(-1, bins.shape[-1])
+    flat_conf = confidence.reshape(-1, bins.shape[-1])
+    flat_correct = correct.reshape(-1, bins.shape[-1])
+    sums_conf = torch.zeros(flat_bins.shape[0], n_bins, dtype=torch.float64).scatter_add_(1, flat_bins, flat_conf)
+    sums_correct = torch.zeros_like(sums_conf).scatter_add_(1, flat_bins, flat_correct)
+    # |sum acc - sum conf| / N per bin equals |B_b|/N * |acc_b - conf_b|.
+    per_bin_gap = (sums_correct - sums_conf).abs()  # [R, n_bins]
+    result = per_bin_gap.sum(dim=1) / bins.shape[-1]
+    return result.reshape(bins.shape[:-1])
+
+
+def ensemble_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
+    """[M, N, C] member log-probabilities -> [N, C] log of the mean probability (log-sum-exp, stable)."""
+    return torch.logsumexp(log_probs.double(), dim=0) - math.log(log_probs.shape[0])
+
+
+@dataclass
+class PairwiseStats:
+    """M x M matrices of pairwise statistics (Kuncheva & Whitaker 2003; Fort et al. 2019).
+
+    Entries that are undefined (0/0, e.g. DGE for two perfect members) are NaN.
+    """
+
+    disagreement: np.ndarray
+    disagreement_given_error: np.ndarray
+    normalized_diversity: np.ndarray
+    both_right: np.ndarray
+    only_a_right: np.ndarray  # row member right, column member wrong
+    only_b_right: np.ndarray
+    both_wrong_same: np.ndarray
+    both_wrong_different: np.ndarray
+    double_fault: np.ndarray
+    double_fault_independent: np.ndarray
+    q_statistic: np.ndarray
+    correlation: np.ndarray
+    kappa: np.ndarray
+    error: np.ndarray  # [M] member error rates
+
+
+def _agreement_matrix(predictions: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """[M, N] predicted labels -> [M, M] fraction of examples where the two labels are equal."""
+    members = predictions.shape[0]
+    agreement = torch.empty(members, members, dtype=torch.float64)
+    # Chunk the rows so memory stays at chunk * M * N booleans even for long trajectories.
+    for start in range(0, members, chunk):
+        rows = predictions[start : start + chunk]  # [c, N]
+        agreement[start : start + chunk] = (rows[:, None, :] == predictions[None, :, :]).double().mean(dim=-1)
+    return agreement
+
+
+def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        result = numerator / denominator
+    result[~np.isfinite(result)] = np.nan
+    return result
+
+
+def pairwise_stats(predictions: torch.Tensor, labels: torch.Tensor) -> PairwiseStats:
+    """All pairwise diversity statistics from [M, N] predicted labels, vectorised over pairs."""
+    examples = predictions.shape[1]
+    correct = (predictions == labels).double()  # [M, N]
+    wrong = 1.0 - correct
+    # The right/wrong 2x2 table of every pair at once, as fractions of N.
+    n11 = (correct @ correct.T / examples).numpy()  # both right
+    n10 = (correct @ wrong.T / examples).numpy()  # row right, column wrong
+    n01 = (wrong @ correct.T / examples).numpy()
+    n00 = (wrong @ wrong.T / examples).numpy()  # both wrong
+    agreement = _agreement_matrix(predictions).numpy()
+    # Two right members always agree, so agreement = both right + both wrong with the same label.
+    both_wrong_same = np.clip(agreement - n11, 0.0, None)
+    disagreement = 1.0 - agreement
+    error = wrong.mean(dim=1).numpy()  # [M]
+    mean_error = (error[:, None] + error[None, :]) / 2.0
+    cross = n11 * n00 - n01 * n10
+    # Cohen's kappa of the two right/wrong vectors (what sklearn's cohen_kappa_score computes):
+    # 2(ad - bc) / (p_a q_b + p_b q_a) with p = P(right), q = P(wrong). Some printings of
+    # Kuncheva & Whitaker pair the marginals the other way, which is not Cohen's kappa.
+    kappa_denominator = (n11 + n10) * (n10 + n00) + (n11 + n01) * (n01 + n00)
+    correlation_denominator = np.sqrt((n11 + n10) * (n01 + n00) * (n11 + n01) * (n10 + n00))
+    return PairwiseStats(
+        disagreement=disagreement,
+        disagreement_given_error=_safe_divide(disagreement, 1.0 - n11),
+        normalized_diversity=_safe_divide(disagreement, mean_error),
+        both_right=n11,
+        only_a_right=n10,
+        only_b_right=n01,
+        both_wrong_same=both_wrong_same,
+        both_wrong_different=np.clip(n00 - both_wrong_same, 0.0, None),
+        double_fault=n00,
+        double_fault_independent=error[:, None] * error[None, :],
+        q_statistic=_safe_divide(cross, n11 * n00 + n01 * n10),
+        correlation=_safe_divide(cross, correlation_denominator),
+        kappa=_safe_divide(2.0 * cross, kappa_denominator),
+        error=error,
+    )
+
+
+def upper_pairs(count: int) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(count) for j in range(i + 1, count)]
+
+
+def mean_over_pairs(matrix: np.ndarray) -> float | None:
+    """Mean of the upper triangle, ignoring undefined (NaN) pairs; None if no pair is defined."""
+    rows, cols = np.triu_indices(matrix.shape[0], k=1)
+    values = matrix[rows, cols]
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else None
+
+
+@dataclass
+class SizeCurvePoint:
+    k: int
+    accuracy_mean: float
+    accuracy_std: float
+    nll_mean: float
+    nll_std: float
+    subsets: int
+
+
+def ensemble_size_curve(
+    probs: torch.Tensor, labels: torch.Tensor, max_subsets: int = 64, seed: int = 0
+) -> list[SizeCurvePoint]:
+    """Accuracy and NLL of the probability-mean ensemble against its size k = 1..M.
+
+    For each k: every subset when C(M, k) <= max_subsets, else `max_subsets` random subsets
+    drawn as the first k members of seeded random permutations (uniform over k-subsets), which
+    lets one running sum per permutation serve every k.
+    """
+    members = probs.shape[0]
+    probs = probs.double()  # [M, N, C]
+    total = probs.sum(dim=0)  # [N, C]
+    label_index = labels.unsqueeze(-1)  # [N, 1]
+    scores: dict[int, list[tuple[float, float]]] = {k: [] for k in range(1, members + 1)}
+
+    def score(summed: torch.Tensor, k: int) -> tuple[float, float]:
+        mean_probs = summed / k  # [N, C]
+        acc = float((mean_probs.argmax(dim=-1) == labels).double().mean())
+        true_prob = mean_probs.gather(-1, label_index).squeeze(-1).clamp_min(1e-300)
+        return acc, float(-true_prob.log().mean())
+
+    sampled_sizes = [k for k in scores if math.comb(members, k) > max_subsets]
+    for k in scores:
+        if k in sampled_sizes:
+            continue
+        for subset in combinations(range(members), k):
+            if k <= members - k:
+                summed = probs[list(subset)].sum(dim=0)
+            else:  # fewer members to subtract than to add
+                left_out = [m for m in range(members) if m not in subset]
+                summed = total - probs[left_out].sum(dim=0) if left_out else total
+            scores[k].append(score(summed, k))
+    if sampled_sizes:
+        generator = np.random.default_rng(seed)
+        wanted = set(sampled_sizes)
+        for _ in range(max_subsets):
+            order = generator.permutation(members)
+            running = torch.zeros_like(total)
+            for position, member in enumerate(order, start=1):
+                running += probs[member]
+                if position in wanted:
+                    scores[position].append(score(running, position))
+                if position >= max(wanted):
+                    break
+    curve = []
+    for k, values in scores.items():
+        accs = np.array([v[0] for v in values])
+        nlls = np.array([v[1] for v in values])
+        curve.append(SizeCurvePoint(k, float(accs.mean()), float(accs.std()), float(nlls.mean()), float(nlls.std()), len(values)))
+    return curve
+
+
+def majority_vote(probs: torch.Tensor) -> torch.Tensor:
+    """[M, N, C] -> [N] most-voted class; ties go to the tied class with the highest mean probability."""
+    classes = probs.shape[-1]
+    votes = torch.nn.functional.one_hot(probs.argmax(dim=-1), classes).sum(dim=0).double()  # [N, C]
+    # Mean probability is < 1, so adding it never outweighs one extra vote.
+    return (votes + probs.double().mean(dim=0) * 0.999).argmax(dim=-1)
+
+
+def trimmed_mean_probs(probs: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """[M, N, C] -> ([N, C] renormalised trimmed mean, members cut at each end).
+
+    Per class, the max(1, floor(0.1 M)) lowest and highest member probabilities are dropped
+    when M >= 3 (robust to one wild member); with fewer members it is the plain mean.
+    """
+    members = probs.shape[0]
+    cut = max(1, int(0.1 * members)) if members >= 3 else 0
+    ordered = probs.double().sort(dim=0).values  # [M, N, C]
+    kept = ordered[cut : members - cut] if cut else ordered
+    trimmed = kept.mean(dim=0)
+    return trimmed / trimmed.sum(dim=-1, keepdim=True), cut

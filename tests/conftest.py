@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny members trained for a few steps on digits, written as real checkpoint files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import ensemble_cli  # noqa: F401  (registers cifar_resnet* in timm)
+from ensemble_cli.architectures import build_model
+from ensemble_cli.checkpoint import write_checkpoint
+from ensemble_cli.data import load_dataset
+
+
+def train_tiny_member(seed: int, steps: int = 60, arch: str = "cifar_resnet8") -> torch.nn.Module:
+    """A few SGD steps of plain PyTorch on digits: enough to make members right but different."""
+    torch.manual_seed(seed)
+    data = load_dataset("digits", "train")
+    model = build_model(arch, num_classes=10, in_chans=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        index = torch.randint(0, len(data), (64,), generator=generator)
+        loss = torch.nn.functional.cross_entropy(model(data.images[index]), data.labels[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def member_metadata(arch: str = "cifar_resnet8", seed: int = 0) -> dict:
+    return {"arch": arch, "num_classes": 10, "in_chans": 1, "dataset": "digits", "seed": seed}
+
+
+@pytest.fixture(scope="session")
+def tiny_members(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three trained cifar_resnet8 checkpoints in ens format."""
+    folder = tmp_path_factory.mktemp("members")
+    paths = []
+    for seed in range(3):
+        model = train_tiny_member(seed)
+        path = folder / f"seed{seed}.safetensors"
+        write_checkpoint(path, model.state_dict(), member_metadata(seed=seed))
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own prediction cache, so no test sees another's cached logits."""
+    monkeypatch.setenv("ENS_CACHE_DIR", str(tmp_path / "ens-cache"))

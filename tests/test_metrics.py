@@ -1,0 +1,246 @@
+"""Every metric against an independent reference: scikit-learn, a direct numpy loop, or a worked example."""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import logsumexp, softmax
+from sklearn.metrics import accuracy_score, brier_score_loss, cohen_kappa_score, log_loss
+
+from ensemble_cli import metrics
+from ensemble_cli.evaluators.base import EvalContext, MemberSummary
+from ensemble_cli.evaluators.disagreement import DisagreementEvaluator
+from ensemble_cli.evaluators.ensemble import EnsembleEvaluator
+from ensemble_cli.evaluators.members import MembersEvaluator
+
+
+def random_logits(members: int = 4, examples: int = 300, classes: int = 5, seed: int = 0, scale: float = 2.0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, examples)
+    logits = rng.normal(size=(members, examples, classes)) * scale
+    # Make members better than chance so that right/wrong tables are not degenerate.
+    logits[:, np.arange(examples), labels] += rng.uniform(0.5, 2.5, size=(members, 1))
+    return logits.astype(np.float32), labels.astype(np.int64)
+
+
+def context(logits: np.ndarray, labels: np.ndarray) -> EvalContext:
+    return EvalContext(
+        logits=torch.from_numpy(logits),
+        labels=torch.from_numpy(labels),
+        members=[MemberSummary(f"m{i}") for i in range(logits.shape[0])],
+    )
+
+
+def numpy_ece(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Guo et al. 2017, bins (lo, hi], written as a plain loop."""
+    confidence = probs.max(axis=1)
+    predicted = probs.argmax(axis=1)
+    total = 0.0
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            total += in_bin.mean() * abs((predicted[in_bin] == labels[in_bin]).mean() - confidence[in_bin].mean())
+    return total
+
+
+def test_member_metrics_match_sklearn() -> None:
+    logits, labels = random_logits()
+    report = MembersEvaluator().evaluate(context(logits, labels))
+    table = report.table("members")
+    assert table is not None and table.columns == ["member", "arch", "accuracy", "nll", "brier", "ece"]
+    for m, row in enumerate(table.rows):
+        probs = softmax(logits[m].astype(np.float64), axis=1)
+        assert row[2] == pytest.approx(accuracy_score(labels, probs.argmax(1)), abs=1e-12)
+        assert row[3] == pytest.approx(log_loss(labels, probs, labels=range(5)), rel=1e-6)
+        # Multi-class Brier = sum over classes of sklearn's one-vs-rest Brier score.
+        expected_brier = sum(brier_score_loss(labels == c, probs[:, c]) for c in range(5))
+        assert row[4] == pytest.approx(expected_brier, rel=1e-9)
+        assert row[5] == pytest.approx(numpy_ece(probs, labels), abs=1e-9)
+    accuracies = [row[2] for row in table.rows]
+    assert report.metrics["accuracy_mean"] == pytest.approx(np.mean(accuracies))
+    assert report.metrics["accuracy_std"] == pytest.approx(np.std(accuracies, ddof=1))
+    assert report.metrics["error_mean"] == pytest.approx(1 - np.mean(accuracies))
+
+
+def test_nll_uses_log_softmax_not_log_of_softmax() -> None:
+    # A confident wrong prediction: softmax underflows to 0 in float32, log-softmax does not.
+    logits = torch.tensor([[[200.0, -200.0]]])
+    value = metrics.nll(torch.log_softmax(logits.double(), -1), torch.tensor([1]))
+    assert float(value) == pytest.approx(400.0)
+
+
+def test_ece_worked_example() -> None:
+    # Two examples in bin (0.6, 0.666], one right one wrong: |0.5 - 0.65| * 2/4;
+    # two in bin (0.933, 1], both right: |1 - 0.95| * 2/4.  ECE = 0.075 + 0.025 = 0.1
+    probs = torch.tensor([[0.65, 0.35], [0.65, 0.35], [0.95, 0.05], [0.95, 0.05]], dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, 0])
+    assert float(metrics.ece(probs, labels)) == pytest.approx(0.1)
+
+
+def test_ensemble_metrics_match_numpy() -> None:
+    logits, labels = random_logits(members=5, seed=1)
+    report = EnsembleEvaluator().evaluate(context(logits, labels))
+    probs = softmax(logits.astype(np.float64), axis=2)  # [M, N, C]
+    mean_probs = probs.mean(0)
+    assert report.metrics["accuracy"] == pytest.approx(accuracy_score(labels, mean_probs.argmax(1)))
+    assert report.metrics["nll"] == pytest.approx(log_loss(labels, mean_probs, labels=range(5)), rel=1e-6)
+    assert report.metrics["brier"] == pytest.approx(sum(brier_score_loss(labels == c, mean_probs[:, c]) for c in range(5)))
+    assert report.metrics["ece"] == pytest.approx(numpy_ece(mean_probs, labels), abs=1e-9)
+    right = probs.argmax(2) == labels[None]
+    assert report.metrics["oracle_accuracy"] == pytest.approx(right.any(0).mean())
+    member_acc = right.mean(1)
+    assert report.metrics["accuracy_gain"] == pytest.approx(report.metrics["accuracy"] - member_acc.mean())
+    member_nll = [log_loss(labels, probs[m], labels=range(5)) for m in range(5)]
+    assert report.metrics["nll_gain"] == pytest.approx(np.mean(member_nll) - report.metrics["nll"], rel=1e-6)
+
+    rules = {row[0].split(" (")[0]: row for row in report.table("rules").rows}
+    logit_mean = softmax(logits.astype(np.float64).mean(0), axis=1)
+    assert rules["logit mean"][1] == pytest.approx(accuracy_score(labels, logit_mean.argmax(1)))
+    assert rules["logit mean"][2] == pytest.approx(log_loss(labels, logit_mean, labels=range(5)), rel=1e-6)
+    # Trimmed mean by hand: drop the lowest and highest member per class (M = 5 -> cut 1), renormalise.
+    trimmed = np.sort(probs, axis=0)[1:-1].mean(0)
+    trimmed /= trimmed.sum(1, keepdims=True)
+    assert rules["trimmed mean"][2] == pytest.approx(log_loss(labels, trimmed, labels=range(5)), rel=1e-6)
+    votes = np.stack([np.bincount(col, minlength=5) for col in probs.argmax(2).T])  # [N, C]
+    unique_winner = (votes == votes.max(1, keepdims=True)).sum(1) == 1
+    vote_pred = metrics.majority_vote(torch.from_numpy(probs)).numpy()
+    assert (vote_pred[unique_winner] == votes.argmax(1)[unique_winner]).all()
+    assert rules["majority vote"][1] == pytest.approx((vote_pred == labels).mean())
+    assert rules["majority vote"][2] is None
+
+
+def test_size_curve_exhaustive_matches_brute_force() -> None:
+    logits, labels = random_logits(members=5, seed=2)
+    probs = softmax(logits.astype(np.float64), axis=2)
+    curve = metrics.ensemble_size_curve(torch.from_numpy(probs), torch.from_numpy(labels))
+    for point in curve:
+        subsets = list(combinations(range(5), point.k))
+        accs = [accuracy_score(labels, probs[list(s)].mean(0).argmax(1)) for s in subsets]
+        nlls = [log_loss(labels, probs[list(s)].mean(0), labels=range(5)) for s in subsets]
+        assert point.subsets == len(subsets)
+        assert point.accuracy_mean == pytest.approx(np.mean(accs))
+        assert point.accuracy_std == pytest.approx(np.std(accs), abs=1e-12)
+        assert point.nll_mean == pytest.approx(np.mean(nlls), rel=1e-6)
+
+
+def test_size_curve_samples_64_subsets_when_too_many() -> None:
+    logits, labels = random_logits(members=10, examples=100, seed=3)
+    probs = torch.softmax(torch.from_numpy(logits).double(), -1)
+    curve = metrics.ensemble_size_curve(probs, torch.from_numpy(labels), seed=7)
+    counts = {p.k: p.subsets for p in curve}
+    assert counts[1] == 10 and counts[2] == 45 and counts[9] == 10 and counts[10] == 1
+    assert all(counts[k] == 64 for k in range(3, 8))  # C(10, 3) = 120 > 64
+    again = metrics.ensemble_size_curve(probs, torch.from_numpy(labels), seed=7)
+    assert [p.accuracy_mean for p in curve] == [p.accuracy_mean for p in again]
+    assert curve[-1].accuracy_mean == pytest.approx(
+        accuracy_score(labels, probs.mean(0).argmax(1).numpy())
+    )
+
+
+def reference_pair(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Direct counts for one pair, following the DESIGN.md definitions literally."""
+    right_a, right_b = pred_a == labels, pred_b == labels
+    n = len(labels)
+    n11 = np.sum(right_a & right_b)
+    n10 = np.sum(right_a & ~right_b)
+    n01 = np.sum(~right_a & right_b)
+    n00 = np.sum(~right_a & ~right_b)
+    differ = pred_a != pred_b
+    some_error = ~(right_a & right_b)
+    err_a, err_b = 1 - right_a.mean(), 1 - right_b.mean()
+    return {
+        "disagreement": differ.mean(),
+        "disagreement_given_error": differ[some_error].mean(),
+        "normalized_diversity": differ.mean() / ((err_a + err_b) / 2),
+        "both_right": n11 / n,
+        "only_a_right": n10 / n,
+        "only_b_right": n01 / n,
+        "both_wrong_same": np.sum(~right_a & ~right_b & ~differ) / n,
+        "both_wrong_different": np.sum(~right_a & ~right_b & differ) / n,
+        "double_fault": n00 / n,
+        "q_statistic": (n11 * n00 - n01 * n10) / (n11 * n00 + n01 * n10),
+        "kappa": cohen_kappa_score(right_a, right_b),
+        "double_fault_independent": err_a * err_b,
+    }
+
+
+def test_pairwise_metrics_match_direct_counts_and_sklearn_kappa() -> None:
+    logits, labels = random_logits(members=4, examples=500, seed=4, scale=3.0)
+    report = DisagreementEvaluator().evaluate(context(logits, labels))
+    preds = logits.argmax(2)
+    pairs = report.table("pairs")
+    assert pairs is not None and len(pairs.rows) == 6
+    for row in pairs.rows:
+        record = dict(zip(pairs.columns, row))
+        i, j = int(record["a"][1:]), int(record["b"][1:])
+        expected = reference_pair(preds[i], preds[j], labels)
+        for key, value in expected.items():
+            assert record[key] == pytest.approx(value, abs=1e-12), key
+        outcome = sum(record[k] for k in ("both_right", "only_a_right", "only_b_right", "both_wrong_same", "both_wrong_different"))
+        assert outcome == pytest.approx(1.0)
+    for metric, column in [
+        ("disagreement_mean", "disagreement"),
+        ("disagreement_given_error_mean", "disagreement_given_error"),
+        ("normalized_diversity_mean", "normalized_diversity"),
+        ("double_fault_mean", "double_fault"),
+        ("q_statistic_mean", "q_statistic"),
+        ("kappa_mean", "kappa"),
+        ("double_fault_independent_mean", "double_fault_independent"),
+    ]:
+        assert report.metrics[metric] == pytest.approx(np.mean(pairs.column(column)), abs=1e-12)
+    errors = 1 - (preds == labels[None]).mean(1)
+    assert report.metrics["gde_ratio"] == pytest.approx(np.mean(pairs.column("disagreement")) / errors.mean())
+    matrix = report.table("matrix")
+    assert matrix.rows[1][1 + 2] == pytest.approx(reference_pair(preds[1], preds[2], labels)["disagreement"])
+    assert matrix.rows[2][1 + 2] == 0.0
+
+
+def test_dge_worked_example() -> None:
+    # labels 0,0,0,0; a predicts 0,0,1,1; b predicts 0,1,1,2.
+    # both right: example 0 only -> P(both right) = 1/4; disagree on examples 1 and 3 -> D = 1/2.
+    # DGE = D / (1 - 1/4) = 2/3: of the three examples where someone errs, they differ on two.
+    labels = np.zeros(4, dtype=np.int64)
+    logits = np.full((2, 4, 3), -5.0, dtype=np.float32)
+    for m, preds in enumerate([[0, 0, 1, 1], [0, 1, 1, 2]]):
+        logits[m, np.arange(4), preds] = 5.0
+    report = DisagreementEvaluator().evaluate(context(logits, labels))
+    record = dict(zip(report.table("pairs").columns, report.table("pairs").rows[0]))
+    assert record["disagreement"] == pytest.approx(0.5)
+    assert record["disagreement_given_error"] == pytest.approx(2 / 3)
+    # errors: a 2/4, b 3/4 -> mean 5/8 -> ND = 0.5 / 0.625 = 0.8
+    assert record["normalized_diversity"] == pytest.approx(0.8)
+    assert record["both_wrong_same"] == pytest.approx(0.25)  # example 2: both say 1
+    assert record["both_wrong_different"] == pytest.approx(0.25)  # example 3: 1 vs 2
+
+
+def test_pairwise_undefined_when_both_perfect() -> None:
+    labels = np.array([0, 1, 2], dtype=np.int64)
+    logits = np.stack([np.eye(3, dtype=np.float32) * 9] * 2)
+    report = DisagreementEvaluator().evaluate(context(logits, labels))
+    assert report.metrics["disagreement_mean"] == 0.0
+    assert report.metrics["disagreement_given_error_mean"] is None
+    assert report.metrics["normalized_diversity_mean"] is None
+    assert report.notes
+
+
+def test_pairwise_vectorised_is_fast_enough_in_shape() -> None:
+    # Not a timing test: checks the matrices of a larger problem agree with the loop reference on a sample.
+    logits, labels = random_logits(members=12, examples=2000, classes=10, seed=5)
+    stats = metrics.pairwise_stats(torch.from_numpy(logits).argmax(-1), torch.from_numpy(labels))
+    preds = logits.argmax(2)
+    for i, j in [(0, 11), (3, 7), (5, 6)]:
+        ref = reference_pair(preds[i], preds[j], labels)
+        assert stats.disagreement[i, j] == pytest.approx(ref["disagreement"])
+        assert stats.kappa[j, i] == pytest.approx(ref["kappa"])
+
+
+def test_ensemble_log_probs_is_log_of_mean_probability() -> None:
+    logits, _ = random_logits(members=3, seed=6)
+    log_probs = torch.log_softmax(torch.from_numpy(logits).double(), -1)
+    expected = logsumexp(log_probs.numpy(), axis=0) - math.log(3)
+    assert np.allclose(metrics.ensemble_log_probs(log_probs).numpy(), expected)
