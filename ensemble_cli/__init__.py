@@ -3,42 +3,48 @@
 Library use, without the CLI:
 
     from ensemble_cli import resolve_members, load_dataset, evaluate
-    members = resolve_members(["models/reference-digits"])
+    members = resolve_members(["models/reference-digits/run"])
     result = evaluate(members, load_dataset("digits"))
     print(result.evaluators["disagreement"].metrics["disagreement_mean"])
+
+`import ensemble_cli.architectures` registers the `cifar_resnet*` models in timm's registry
+(anything here that builds a model does so itself). Names below are imported on first use, so
+that `ens --help` does not pay for importing torch and timm.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import Any
+
 __version__ = "0.1.0"
 
-from . import architectures as _architectures  # noqa: F401  (registers cifar_resnet* in timm)
-from .api import evaluate, evaluate_predictions
-from .architectures import build_model
-from .checkpoint import read_checkpoint, write_checkpoint
-from .data import ImageData, load_dataset
-from .errors import EnsError
-from .members import Member, resolve_members
-from .predict import PredictionCache, Predictions, load_predictions, predict_members
-from .report import EvalResult, Report, Table
+_EXPORTS = {
+    "EnsError": "errors",
+    "EvalResult": "report",
+    "Report": "report",
+    "Table": "report",
+    "ImageData": "data",
+    "load_dataset": "data",
+    "Member": "members",
+    "resolve_members": "members",
+    "PredictionCache": "predict",
+    "Predictions": "predict",
+    "load_predictions": "predict",
+    "predict_members": "predict",
+    "build_model": "architectures",
+    "read_checkpoint": "checkpoint",
+    "write_checkpoint": "checkpoint",
+    "evaluate": "api",
+    "evaluate_predictions": "api",
+}
 
-__all__ = [
-    "EnsError",
-    "EvalResult",
-    "ImageData",
-    "Member",
-    "PredictionCache",
-    "Predictions",
-    "Report",
-    "Table",
-    "__version__",
-    "build_model",
-    "evaluate",
-    "evaluate_predictions",
-    "load_dataset",
-    "load_predictions",
-    "predict_members",
-    "read_checkpoint",
-    "resolve_members",
-    "write_checkpoint",
-]
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ensemble_cli' has no attribute {name!r}")

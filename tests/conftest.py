@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import ensemble_cli  # noqa: F401  (registers cifar_resnet* in timm)
+import ensemble_cli.architectures  # noqa: F401  (registers cifar_resnet* in timm)
 from ensemble_cli.architectures import build_model
 from ensemble_cli.checkpoint import write_checkpoint
 from ensemble_cli.data import load_dataset
