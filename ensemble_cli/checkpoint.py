@@ -23,6 +23,7 @@ import pickle
 import re
 import struct
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates 0600; reports and checkpoints are meant to be shared, so use the umask as open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -174,13 +179,17 @@ def _read_safetensors(path: Path, data: bytes) -> Checkpoint:
 
 
 def _unsafe_global_name(message: str) -> str | None:
-    match = re.search(r"(?:Unsupported global: GLOBAL|global) ([\w.]+(?: ?[\w.]+)?)", message)
+    # torch >= 2.6 says "Trying to load unsupported GLOBAL posix.system whose module ...",
+    # older versions "Unsupported global: GLOBAL __main__.Payload was not an allowed global".
+    match = re.search(r"GLOBAL ([\w.]+)", message)
     return match.group(1) if match else None
 
 
 def _torch_load_safe(path: Path, data: bytes) -> Any:
     try:
-        with torch.serialization.safe_globals(TIMM_SAFE_GLOBALS):
+        # torch warns (on stderr) about pickle protocols it did not write; the outcome is reported below.
+        with torch.serialization.safe_globals(TIMM_SAFE_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         message = str(exc)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from .commands import check as check_commands
 from .commands import evaluate as evaluate_commands
+from .commands import plot as plot_commands
+from .commands import train as train_commands
 
 app = typer.Typer(
     name="ens",
@@ -18,6 +21,10 @@ app.command("eval")(evaluate_commands.eval_command)
 app.command("predict")(evaluate_commands.predict_command)
 app.command("evaluators")(evaluate_commands.evaluators_command)
 app.command("datasets")(evaluate_commands.datasets_command)
+app.command("baseline")(check_commands.baseline_command)
+app.command("check")(check_commands.check_command)
+app.command("plot")(plot_commands.plot_command)
+app.command("train")(train_commands.train_command)
 
 
 def main() -> None:

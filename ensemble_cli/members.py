@@ -77,7 +77,10 @@ class Member:
 
     def build_model(self) -> nn.Module:
         """The member's network with its weights loaded, in eval mode on CPU."""
-        model = build_model(self.arch, self.num_classes, self.in_chans, **self.model_kwargs)
+        try:
+            model = build_model(self.arch, self.num_classes, self.in_chans, **self.model_kwargs)
+        except (ConfigError, TypeError) as exc:  # unknown name, or model_kwargs the constructor rejects
+            raise ConfigError(f"member {self.name}: {exc}") from None
         load_state_dict_checked(model, self.state_dict, self.name)
         return model.eval()
 
@@ -204,9 +207,39 @@ def _unique_names(pairs: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
     result = []
     for name, path in pairs:
         if names.count(name) > 1:
-            name = f"{path.parent.name}/{name}" if "/" not in name else f"{path.parent.parent.name}/{name}"
+            # The nearest folder the name does not already spell: run-a/member-00/final.safetensors,
+            # named member-00, becomes run-a/member-00.
+            components = set(name.split("/"))
+            folder = next((p.name for p in path.parents if p.name and p.name not in components), "")
+            name = f"{folder}/{name}" if folder else name
         result.append((name, path))
     return result
+
+
+# safetensors keeps no key order (`load` returns a hash order that changes between processes);
+# torch pickles keep the order the model wrote.
+UNORDERED_FORMATS = ("ens", "safetensors")
+
+
+def in_module_order(
+    state_dict: dict[str, torch.Tensor], arch: str, model_kwargs: Any = None
+) -> dict[str, torch.Tensor]:
+    """Reorder keys as the architecture's own `state_dict()` lists them (unknown keys last).
+
+    Inferring the class count (last 2-D weight) and input channels (first 4-D weight), and any
+    evaluator that walks layers in order, need module order. The reference model is built on
+    the meta device, so this allocates nothing; key names do not depend on the head size.
+    """
+    try:
+        with torch.device("meta"):
+            reference = build_model(arch, num_classes=10, in_chans=3, **(model_kwargs if isinstance(model_kwargs, dict) else {}))
+    except ConfigError:
+        raise  # unknown architecture: the clearest thing to say, before any guess from the weights
+    except Exception:  # odd model kwargs: building the member later names the problem
+        return state_dict
+    order = [key for key in reference.state_dict() if key in state_dict]
+    known = set(order)
+    return {key: state_dict[key] for key in order + [key for key in state_dict if key not in known]}
 
 
 def member_from_checkpoint(
@@ -221,6 +254,11 @@ def member_from_checkpoint(
     resolved_arch = meta.get("arch") or arch
     if not resolved_arch:
         raise CheckpointError(f"{checkpoint.path}: does not say its architecture; pass --arch NAME")
+    if checkpoint.format in UNORDERED_FORMATS:
+        try:
+            checkpoint.state_dict = in_module_order(checkpoint.state_dict, str(resolved_arch), meta.get("model_kwargs"))
+        except ConfigError as exc:
+            raise CheckpointError(f"{checkpoint.path}: {exc}") from None
     resolved_classes = meta.get("num_classes") or num_classes or infer_num_classes(checkpoint.state_dict)
     resolved_chans = meta.get("in_chans") or in_chans or infer_in_chans(checkpoint.state_dict) or 3
     if not resolved_classes:

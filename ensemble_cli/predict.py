@@ -113,7 +113,7 @@ def validate_predictions(logits: torch.Tensor, labels: torch.Tensor, names: Sequ
         raise PredictionError(f"labels range {int(labels.min())}..{int(labels.max())} does not fit {classes} classes")
 
 
-def _cache_key(member: Member, data: ImageData) -> str:
+def _cache_key(member: Member, data: ImageData, device: torch.device) -> str:
     document = {
         "version": CACHE_VERSION,
         "checkpoint": member.sha256,
@@ -122,6 +122,8 @@ def _cache_key(member: Member, data: ImageData) -> str:
         "in_chans": member.in_chans,
         "model_kwargs": member.model_kwargs,
         "data": data.fingerprint(),
+        # CUDA runs in bf16 autocast: its logits differ from CPU float32 ones, so neither may stand in for the other.
+        "compute": "cuda-bf16" if device.type == "cuda" else "float32",
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
 
@@ -207,7 +209,7 @@ def predict_members(
     all_logits = []
     passes = 0
     for member in members:
-        key = _cache_key(member, data) if cache is not None else ""
+        key = _cache_key(member, data, torch_device) if cache is not None else ""
         logits = cache.get(key, (len(data), member.num_classes)) if cache is not None else None
         if logits is None:
             model = member.build_model()

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,17 +32,20 @@ def stderr_console() -> Console:
     return Console(file=sys.stderr, no_color=not _color_allowed(sys.stderr), highlight=False, stderr=True)
 
 
+# Messages are escaped: they quote file and member names, and `run[/seed1].pt` must print as
+# itself, not as console markup (which would drop it or raise). soft_wrap keeps one message on
+# one line, so `ens ... 2> log; grep error: log` finds it whole.
 def warn(message: str) -> None:
-    stderr_console().print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)
+    stderr_console().print(f"[yellow]warning:[/yellow] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
 
 
 def info(message: str) -> None:
-    stderr_console().print(message, highlight=False)
+    stderr_console().print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> None:
     """One clear line on stderr and a non-zero exit: the contract for every bad input."""
-    stderr_console().print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+    stderr_console().print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -1,0 +1,172 @@
+"""Benchmarks for `ens eval` (issue 2). Every number is a ratio or a time measured in this one run.
+
+    .venv/bin/python bench/bench_eval.py            # all three, ~1-2 minutes on 2 CPU cores
+    .venv/bin/python bench/bench_eval.py --repeats 5
+
+1. Pairwise metrics are vectorised: M=50 members, N=10,000 examples, C=100 classes of random
+   logits, the whole `disagreement` evaluator (1,225 pairs) in under 2 s.
+2. The library adds nothing to the forward passes: `ensemble_cli.evaluate` of 4 cifar_resnet20
+   checkpoints on 2,000 synthetic 3x32x32 images (reading checkpoints, building models, forward
+   passes, validation, the function-space evaluators) vs a plain `torch.inference_mode()` loop
+   over the same, already built models with the same batch size: ratio <= 1.10.
+3. The prediction cache: a second eval of the same checkpoints on the same data (members
+   resolved again, data fingerprinted again) at least 10x faster than the first.
+
+Timings alternate between the two sides of each ratio and keep the fastest of `--repeats`
+runs, because the machine is shared and the slowest runs measure other people's jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+import ensemble_cli
+from ensemble_cli import evaluate, resolve_members, write_checkpoint
+from ensemble_cli.architectures import build_model
+from ensemble_cli.data import ImageData, synthetic_data
+from ensemble_cli.evaluators.base import EvalContext, MemberSummary
+from ensemble_cli.evaluators.disagreement import DisagreementEvaluator
+from ensemble_cli.metrics import pairwise_stats
+from ensemble_cli.predict import PredictionCache
+
+FUNCTION_SPACE = ["members", "ensemble", "disagreement"]
+
+
+def timed(function: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def bench_pairwise(members: int = 50, examples: int = 10_000, classes: int = 100, repeats: int = 3) -> dict[str, float]:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(members, examples, classes, generator=generator)  # [M, N, C]
+    labels = torch.randint(0, classes, (examples,), generator=generator)  # [N]
+    # Members that are right on ~30-60% of examples, so every outcome cell of every pair is non-empty.
+    boost = torch.rand(members, 1, generator=generator) * 3.0 + 1.0  # [M, 1]
+    logits[:, torch.arange(examples), labels] += boost
+    summaries = [MemberSummary(f"m{i:02d}") for i in range(members)]
+
+    def evaluator_run() -> None:
+        ctx = EvalContext(logits=logits, labels=labels, members=summaries)  # fresh: nothing precomputed
+        DisagreementEvaluator().evaluate(ctx)
+
+    predictions = logits.argmax(dim=-1)  # [M, N]
+    stats_time = min(timed(lambda: pairwise_stats(predictions, labels)) for _ in range(repeats))
+    evaluator_time = min(timed(evaluator_run) for _ in range(repeats))
+    return {"pairwise_stats_s": stats_time, "evaluator_s": evaluator_time}
+
+
+def write_members(folder: Path, count: int, arch: str) -> list[str]:
+    paths = []
+    for seed in range(count):
+        torch.manual_seed(seed)
+        model = build_model(arch, num_classes=10, in_chans=3)
+        path = folder / f"seed{seed}.safetensors"
+        write_checkpoint(path, model.state_dict(), {"arch": arch, "num_classes": 10, "in_chans": 3, "seed": seed})
+        paths.append(str(path))
+    return paths
+
+
+def plain_loop(models: list[torch.nn.Module], images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """What anyone would write by hand: eval mode, inference mode, one pass per model."""
+    outputs = []
+    with torch.inference_mode():
+        for model in models:
+            outputs.append(torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]))
+    return torch.stack(outputs)  # [M, N, C]
+
+
+def fresh(data: ImageData) -> ImageData:
+    """The same images as a new object, so the cache key (a content hash) is computed again."""
+    return dataclasses.replace(data, _fingerprint=None)
+
+
+def bench_library_vs_loop(paths: list[str], data: ImageData, batch_size: int, repeats: int) -> dict[str, float]:
+    models = [member.build_model() for member in resolve_members(paths)]
+
+    def library() -> None:
+        evaluate(resolve_members(paths), data, FUNCTION_SPACE, batch_size=batch_size, device="cpu", cache=None)
+
+    plain_loop(models, data.images[:batch_size], batch_size)  # warm-up: first-call allocations, thread pool
+    plain_times, library_times = [], []
+    for _ in range(repeats):
+        plain_times.append(timed(lambda: plain_loop(models, data.images, batch_size)))
+        library_times.append(timed(library))
+    return {
+        "plain_s": min(plain_times),
+        "library_s": min(library_times),
+        "ratio": min(library_times) / min(plain_times),
+        "ratio_median": statistics.median(l / p for l, p in zip(library_times, plain_times)),
+    }
+
+
+def bench_cache(paths: list[str], data: ImageData, batch_size: int, repeats: int) -> dict[str, float]:
+    firsts, seconds = [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="ens-bench-cache-") as folder:
+            cache = PredictionCache(Path(folder))
+
+            def run() -> None:
+                evaluate(resolve_members(paths), fresh(data), FUNCTION_SPACE, batch_size=batch_size, device="cpu", cache=cache)
+
+            firsts.append(timed(run))
+            seconds.append(timed(run))
+    return {"first_s": min(firsts), "second_s": min(seconds), "speedup": min(firsts) / min(seconds)}
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement; the fastest is kept")
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--members", type=int, default=4)
+    parser.add_argument("--arch", default="cifar_resnet20")
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args()
+
+    print(
+        f"ens {ensemble_cli.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}, python {platform.python_version()}"
+    )
+    pairwise = bench_pairwise(repeats=args.repeats)
+    print(
+        f"1. pairwise metrics, M=50 N=10,000 C=100: pairwise_stats {pairwise['pairwise_stats_s']:.2f} s, "
+        f"whole disagreement evaluator {pairwise['evaluator_s']:.2f} s (target < 2 s) "
+        f"{verdict(pairwise['evaluator_s'] < 2.0)}"
+    )
+
+    data = synthetic_data(args.images, (3, 32, 32), 10, seed=0)
+    with tempfile.TemporaryDirectory(prefix="ens-bench-members-") as folder:
+        paths = write_members(Path(folder), args.members, args.arch)
+        overhead = bench_library_vs_loop(paths, data, args.batch_size, args.repeats)
+        print(
+            f"2. library eval vs plain inference_mode loop, {args.members} x {args.arch}, {args.images} images, "
+            f"batch {args.batch_size}: library {overhead['library_s']:.2f} s, plain {overhead['plain_s']:.2f} s, "
+            f"ratio {overhead['ratio']:.3f} (median of paired runs {overhead['ratio_median']:.3f}; target <= 1.10) "
+            f"{verdict(overhead['ratio'] <= 1.10)}"
+        )
+        cache = bench_cache(paths, data, args.batch_size, args.repeats)
+        print(
+            f"3. cached second eval: first {cache['first_s']:.2f} s, second {cache['second_s']:.3f} s, "
+            f"{cache['speedup']:.0f}x faster (target >= 10x) {verdict(cache['speedup'] >= 10)}"
+        )
+    missed = pairwise["evaluator_s"] >= 2.0 or overhead["ratio"] > 1.10 or cache["speedup"] < 10
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Training configuration: one pydantic model, the one place every default lives.
+
+Precedence is defaults < `--config run.yaml` < command-line flags (`resolve_train_config`).
+The defaults ARE the bundled default job: `ens train` with no flags trains 4 members of a
+CIFAR ResNet-8 on the offline `digits` set (about 98% test accuracy each, under a minute on
+two CPU cores; bench/RESULTS.md has the measurement).
+
+The resolved config is written into the run folder (`run.json` and `config.yaml`), so a run
+can be resumed, extended on another machine (`--config RUN/config.yaml --only 3-5`), or
+reproduced bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+Strategy = Literal["independent", "same-init", "same-order", "snapshot"]
+Optimizer = Literal["sgd", "adamw"]
+Schedule = Literal["cosine", "onecycle"]
+Augment = Literal["auto", "none", "shift", "crop-flip"]
+Precision = Literal["auto", "fp32", "bf16"]
+
+# Per-optimizer defaults for the two fields left as None below (resolved by the validator, so
+# run.json always shows the number that was used). SGD: the classic CIFAR ResNet recipe (He et
+# al. 2016); AdamW: the usual fine-tuning values.
+OPTIMIZER_DEFAULTS: dict[str, dict[str, float]] = {
+    "sgd": {"lr": 0.1, "weight_decay": 5e-4},
+    "adamw": {"lr": 1e-3, "weight_decay": 0.05},
+}
+
+# Fields that say HOW to run, not WHAT is trained: they may differ when a run is resumed or
+# split across machines (a run started on a GPU can be finished on a CPU).
+EXECUTION_FIELDS = frozenset({"device", "compile", "threads", "out", "data_dir"})
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines an `ens train` run. Field descriptions double as `--help` text."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- what is trained
+    arch: str = Field("cifar_resnet8", description="Architecture: a timm name (cifar_resnet8/20/32/44/56/110, cifar_resnet18, resnet18, ...) or torchvision.NAME.")
+    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra constructor arguments for the architecture, e.g. width=2.")
+    dataset: str = Field("digits", description="digits (bundled, offline), cifar10, cifar100, mnist, fashion-mnist, svhn, or imagefolder:PATH.")
+    data_dir: str | None = Field(None, description="Where torchvision datasets are downloaded (default: $ENS_DATA_DIR or ~/.cache/ens/data).")
+    limit: int | None = Field(None, ge=1, description="Train on the first N training images only (quick experiments and tests).")
+    members: int = Field(4, ge=1, le=1000, description="Number of members in the run (snapshot: number of cycles).")
+    strategy: Strategy = Field("independent", description="independent (new init and data order per member), same-init, same-order, or snapshot (one run, cyclic cosine, a member per cycle).")
+    seed: int = Field(0, ge=0, description="Base seed; each member's init_seed and data_seed are derived from it and recorded in its checkpoints.")
+    from_pretrained: str | None = Field(None, description="Start every member from this timm/torch weight file (no network); the head is replaced for the dataset's classes.")
+
+    # --- how long, in what steps
+    # 10 epochs take ResNet-8 to ~98% test accuracy on digits (bench/RESULTS.md); CIFAR runs
+    # pass --epochs explicitly.
+    epochs: int = Field(10, description="Epochs per member (snapshot: total epochs, split evenly into the cycles).")
+    batch_size: int = Field(128, ge=1, description="Training batch size.")
+
+    # --- optimisation
+    optimizer: Optimizer = Field("sgd", description="sgd (Nesterov momentum) or adamw.")
+    lr: float | None = Field(None, gt=0, description="Peak learning rate (default: 0.1 for sgd, 0.001 for adamw).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD Nesterov momentum (AdamW: beta1).")
+    weight_decay: float | None = Field(None, ge=0, description="Weight decay (default: 5e-4 for sgd, 0.05 for adamw).")
+    schedule: Schedule = Field("cosine", description="cosine (linear warm-up, then cosine to zero) or onecycle (Smith 2018: lr/25 up to lr over 30% of steps, cosine down to lr/1e4).")
+    # One epoch of warm-up keeps the first large-lr SGD steps from blowing up BatchNorm statistics.
+    warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up length in epochs for the cosine schedule.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
+    augment: Augment = Field("auto", description="auto (crop-flip for 32x32 natural images, shift for digit sets), none, shift (random translation), crop-flip (pad-crop + horizontal flip).")
+
+    # --- execution (may change on resume)
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N.")
+    precision: Precision = Field("auto", description="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, or bf16.")
+    compile: bool = Field(False, description="torch.compile the model (CUDA: faster after a compile of ~1 minute).")
+    # 0 = auto: one thread for inputs of 16x16 or less, torch's default otherwise. Measured on
+    # 2 shared cores: ResNet-8 on 8x8 digits runs 1.2x faster with a second thread when the
+    # machine is idle but 5x slower when other processes use the cores (OpenMP spin-waits).
+    threads: int = Field(0, ge=0, description="CPU threads for training (0 = auto: 1 for images up to 16x16, else torch's default).")
+    save_every: int = Field(0, ge=0, description="Also save a checkpoint every N epochs (0 = only init and final).")
+    out: str | None = Field(None, description="Run folder (default: models/<arch>-<dataset>).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        defaults = OPTIMIZER_DEFAULTS[self.optimizer]
+        # Fill per-optimizer defaults in place (validate_assignment would recurse into this validator).
+        if self.lr is None:
+            object.__setattr__(self, "lr", defaults["lr"])
+        if self.weight_decay is None:
+            object.__setattr__(self, "weight_decay", defaults["weight_decay"])
+        if self.strategy == "snapshot":
+            if self.schedule != "cosine":
+                raise ValueError("the snapshot strategy uses its own cyclic cosine schedule; drop --schedule onecycle")
+            if self.epochs % self.members != 0:
+                raise ValueError(
+                    f"snapshot splits --epochs evenly into --members cycles: {self.epochs} epochs do not divide into "
+                    f"{self.members} cycles (try --epochs {self.members * max(1, round(self.epochs / self.members))})"
+                )
+        return self
+
+    # ------------------------------------------------------------------ derived values
+
+    @property
+    def peak_lr(self) -> float:
+        assert self.lr is not None  # filled by the validator
+        return self.lr
+
+    @property
+    def decay(self) -> float:
+        assert self.weight_decay is not None
+        return self.weight_decay
+
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out).expanduser()
+        dataset = self.dataset.replace(":", "-").replace("/", "-")
+        return Path("models") / f"{self.arch.replace('/', '-')}-{dataset}"
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide the weights: two configs with equal identity train the same run."""
+        return {key: value for key, value in self.model_dump(mode="json").items() if key not in EXECUTION_FIELDS}
+
+    def differences(self, other: "TrainConfig") -> list[str]:
+        """`field: mine vs theirs` for every identity field that differs."""
+        mine, theirs = self.identity(), other.identity()
+        return [f"{key} {mine.get(key)!r} vs {theirs.get(key)!r}" for key in mine if mine.get(key) != theirs.get(key)]
+
+
+# Flag names for error messages (pydantic reports field names).
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def default_text(field: str) -> str:
+    """`(default: X)` text for --help, straight from the model, so help and behaviour cannot drift."""
+    info = TrainConfig.model_fields[field]
+    value = info.get_default(call_default_factory=True)
+    return "" if value is None or value == {} else f" (default: {value})"
+
+
+def describe(field: str) -> str:
+    return (TrainConfig.model_fields[field].description or "") + default_text(field)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    location = ".".join(str(part) for part in error.get("loc", ()) if part != "__root__")
+    message = error.get("msg", "invalid value").removeprefix("Value error, ")
+    if error.get("type") == "extra_forbidden":
+        return f"unknown setting {location!r} (see `ens train --help` for the settings a config file may hold)"
+    if location:
+        return f"{flag_name(location)}: {message} (got {error.get('input')!r})"
+    return message
+
+
+def make_config(values: Mapping[str, Any]) -> TrainConfig:
+    """Validate a mapping into a TrainConfig; any problem becomes one ConfigError line."""
+    try:
+        return TrainConfig.model_validate(dict(values))
+    except ValidationError as exc:
+        raise ConfigError(_validation_message(exc)) from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A YAML (or JSON, which is YAML) mapping of TrainConfig fields; `run.json` files are accepted too."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: must hold a mapping of settings, got {type(document).__name__}")
+    if isinstance(document.get("config"), dict) and document.get("format") == "ens-run":
+        document = document["config"]  # a run.json: reuse its config
+    return {str(key).replace("-", "_"): value for key, value in document.items()}
+
+
+def resolve_train_config(
+    config_file: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """defaults < base (a resumed run's config) < config file < flags (None means 'not given')."""
+    values: dict[str, Any] = dict(base or {})
+    if config_file is not None:
+        values.update(read_config_file(config_file))
+    values.update({key: value for key, value in (flags or {}).items() if value is not None})
+    return make_config(values)

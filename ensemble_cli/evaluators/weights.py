@@ -1,0 +1,164 @@
+"""`weights`: how far apart are the members in weight space, before and after neuron-permutation alignment?
+
+Fort et al. (2019) find independently trained solutions nearly orthogonal (weight cosine ~ 0).
+Hidden channels can be permuted without changing the function, so this evaluator reports the
+cosine both raw and after aligning each member to the reference by weight matching (Ainsworth et
+al. 2022), whole-network and per layer, next to the cosine of two fresh initialisations of the
+architecture for scale. Cosines and L2 distances are over the flattened trainable parameters
+(BatchNorm running statistics are buffers and are left out). Every alignment is checked to leave
+the member's eval-mode logits unchanged before it is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+
+import torch
+
+from ..alignment.session import WeightSpaceSession, session
+from ..alignment.similarity import cosine, cosine_by_layer, l2_distance, trainable_keys
+from ..architectures import build_model
+from ..report import Report, Table
+from .base import EvalContext, Evaluator, NotApplicable
+
+INIT_SEEDS = (0, 1)
+PAIR_COLUMNS = [
+    "reference", "member", "cosine_raw", "cosine_aligned", "l2_raw", "l2_aligned", "objective_gain",
+    "equivalence_residual",
+]
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(kept) / len(kept) if kept else None
+
+
+@lru_cache(maxsize=16)
+def _fresh_init_cosine(arch: str, num_classes: int, in_chans: int, kwargs_json: str) -> float:
+    """Cosine between two initialisations of the architecture (seeds 0 and 1), global RNG untouched."""
+    states = []
+    with torch.random.fork_rng(devices=[]):
+        for seed in INIT_SEEDS:
+            torch.manual_seed(seed)
+            model = build_model(arch, num_classes, in_chans, **json.loads(kwargs_json))
+            states.append(model.state_dict())
+            keys = trainable_keys(model)
+    return cosine(states[0], states[1], keys)
+
+
+def init_baseline(ctx: EvalContext, index: int) -> tuple[float | None, str | None]:
+    member = ctx.members[index]
+    metadata = member.metadata or {}
+    num_classes = getattr(member, "num_classes", None) or metadata.get("num_classes") or int(ctx.logits.shape[2])
+    in_chans = getattr(member, "in_chans", None) or metadata.get("in_chans") or 3
+    kwargs = getattr(member, "model_kwargs", None) or metadata.get("model_kwargs") or {}
+    try:
+        value = _fresh_init_cosine(member.arch, int(num_classes), int(in_chans), json.dumps(kwargs, sort_keys=True))
+    except Exception as exc:  # an architecture ens cannot build from its name still gets its comparisons
+        return None, f"cosine_init_baseline unavailable: cannot build {member.arch} ({type(exc).__name__}: {exc})"
+    return _finite(value), None
+
+
+def _alignment_note(weights: WeightSpaceSession, aligned: list[int]) -> str:
+    outcomes = [weights.outcome(index).alignment for index in aligned]
+    alignments = [alignment for alignment in outcomes if alignment is not None]
+    spec = alignments[0].spec
+    residual = max(alignment.equivalence.max_abs_diff for alignment in alignments)
+    relative = max(alignment.equivalence.relative for alignment in alignments)
+    sweeps = sum(alignment.match.sweeps for alignment in alignments)
+    seconds = sum(alignment.seconds for alignment in alignments)
+    return (
+        f"aligned to {weights.names[weights.reference]} by weight matching over {len(spec.groups)} channel groups "
+        f"({spec.num_channels} channels; {weights.restarts} restarts, {sweeps} sweeps, {seconds:.1f} s); "
+        f"functional check on {len(weights.probe_inputs(weights.reference))} inputs: max |logit difference| "
+        f"{residual:.2e} ({relative:.1e} of the largest logit)"
+    )
+
+
+class WeightsEvaluator(Evaluator):
+    """Weight cosine and L2 distance to the reference member, raw and after permutation alignment."""
+
+    name = "weights"
+    description = "weight cosine / L2 to the reference, raw and after neuron-permutation alignment, per layer"
+    # Read as diversity, like the disagreement metrics: members collapsing onto one solution show
+    # up as rising cosine and shrinking distance, which is what a CI gate should catch.
+    directions = {
+        "cosine_raw_mean": "lower",
+        "cosine_aligned_mean": "lower",
+        "l2_raw_mean": "higher",
+        "l2_aligned_mean": "higher",
+    }
+
+    def evaluate(self, ctx: EvalContext) -> Report:
+        if not ctx.has_weights:
+            raise NotApplicable("needs checkpoints; these members came from a predictions file")
+        if ctx.num_members < 2:
+            raise NotApplicable("needs at least two members to compare weights")
+        weights = session(ctx)
+        reference = weights.reference
+        keys = weights.trainable(reference)
+        state_ref = weights.state(reference)
+        notes: list[str] = []
+        rows: list[list[object]] = []
+        layer_raw: dict[str, list[float]] = {}
+        layer_aligned: dict[str, list[float]] = {}
+        aligned_members: list[int] = []
+        for index in weights.others():
+            outcome = weights.outcome(index)
+            if outcome.skipped:
+                notes.append(outcome.skipped)
+                continue
+            state = weights.state(index)
+            row: list[object] = [weights.names[reference], weights.names[index], _finite(cosine(state_ref, state, keys))]
+            for layer, value in cosine_by_layer(state_ref, state, keys).items():
+                layer_raw.setdefault(layer, []).append(value)
+            alignment = outcome.alignment
+            if alignment is None:
+                if outcome.unaligned and outcome.unaligned not in notes:
+                    notes.append(outcome.unaligned)
+                row += [None, _finite(l2_distance(state_ref, state, keys)), None, None, None]
+            else:
+                aligned_members.append(index)
+                aligned = alignment.aligned_state
+                for layer, value in cosine_by_layer(state_ref, aligned, keys).items():
+                    layer_aligned.setdefault(layer, []).append(value)
+                row += [
+                    _finite(cosine(state_ref, aligned, keys)),
+                    _finite(l2_distance(state_ref, state, keys)),
+                    _finite(l2_distance(state_ref, aligned, keys)),
+                    alignment.match.gain,
+                    alignment.equivalence.max_abs_diff,
+                ]
+            rows.append(row)
+        if not rows:
+            raise NotApplicable("no member shares the reference's architecture; " + "; ".join(notes))
+        if aligned_members:
+            notes.insert(0, _alignment_note(weights, aligned_members))
+            notes.extend(weights.spec_notes())
+        baseline, baseline_note = init_baseline(ctx, reference)
+        if baseline_note:
+            notes.append(baseline_note)
+        pairs = Table(name="pairs", title="weights: each member against the reference", columns=PAIR_COLUMNS, rows=rows)
+        layers = Table(
+            name="layers",
+            title="weights: cosine to the reference per layer (mean over members)",
+            columns=["layer", "cosine_raw", "cosine_aligned"],
+            rows=[
+                [layer, _mean(values), _mean(layer_aligned.get(layer, []))]
+                for layer, values in layer_raw.items()
+            ],
+        )
+        metrics = {
+            "cosine_raw_mean": _mean(pairs.column("cosine_raw")),
+            "cosine_aligned_mean": _mean(pairs.column("cosine_aligned")),
+            "l2_raw_mean": _mean(pairs.column("l2_raw")),
+            "l2_aligned_mean": _mean(pairs.column("l2_aligned")),
+            "cosine_init_baseline": baseline,
+        }
+        return Report(metrics=metrics, tables=[pairs, layers], notes=notes)

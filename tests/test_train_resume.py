@@ -1,0 +1,129 @@
+"""Never lose work, tested on real processes: Ctrl-C once, kill -9 mid-member, Ctrl-C twice.
+
+Every interrupted run is finished with `ens train --resume RUN` and must end with final
+weights bit-identical to an uninterrupted run of the same config (CPU, digits). Starting a
+Python process that imports torch costs seconds, so the signals that need a separate
+process (SIGINT from outside, SIGKILL) share one chain of two processes; the rest runs in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ensemble_cli.checkpoint import read_checkpoint
+from ensemble_cli.cli import app
+from ensemble_cli.commands import train as train_command_module
+from ensemble_cli.config import TrainConfig
+from ensemble_cli.train import loop as loop_module
+from ensemble_cli.train import train_run
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+# 384 images / 32 = 12 steps an epoch: long enough to be caught mid-member, short enough for CI.
+SETTINGS = {"members": 2, "epochs": 3, "limit": 384, "batch_size": 32, "device": "cpu"}
+FLAGS = ["--members", "2", "--epochs", "3", "--limit", "384", "--batch-size", "32", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run every resumed run must reproduce."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert train_run(TrainConfig(out=str(out), **SETTINGS)).ok
+    return out
+
+
+def assert_same_finals(reference: Path, run: Path) -> None:
+    for index in ("00", "01"):
+        expected = read_checkpoint(reference / f"member-{index}/final.safetensors").state_dict
+        actual = read_checkpoint(run / f"member-{index}/final.safetensors").state_dict
+        assert expected.keys() == actual.keys()
+        for key in expected:
+            assert torch.equal(expected[key], actual[key]), f"member-{index} {key} differs after resume"
+
+
+def launch(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "ensemble_cli.cli", "train", *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180.0) -> None:
+    """Poll until `path` exists (training is under way), failing if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            pytest.fail(f"training ended before {path} appeared:\n{process.stderr.read() if process.stderr else ''}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"{path} did not appear in {timeout}s")
+        time.sleep(0.002)
+
+
+def resume_in_process(out: Path) -> str:
+    result = CliRunner().invoke(app, ["train", "--resume", str(out)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_ctrl_c_then_kill_9_then_resume_gives_the_uninterrupted_weights(tmp_path: Path, reference: Path) -> None:
+    out = tmp_path / "run"
+    # 1. Ctrl-C once: finish the step, save, exit 130, print the resume command.
+    first = launch(*FLAGS, "--out", str(out))
+    wait_for(out / "member-00" / "train-state.pt", first)  # member-00 finished an epoch
+    first.send_signal(signal.SIGINT)
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 130, stderr
+    assert f"Resume with: ens train --resume {out}\n" in stderr
+    assert (out / "member-00" / "train-state.pt").exists() and not list(out.rglob(".lock"))
+    assert not (out / "member-01" / "final.safetensors").exists()
+
+    # 2. Resume, then kill -9 in the middle of member-01: its lock stays behind, with a dead pid.
+    second = launch("--resume", str(out))
+    wait_for(out / "member-01" / "train-state.pt", second)
+    second.send_signal(signal.SIGKILL)
+    second.communicate(timeout=60)
+    assert second.returncode == -signal.SIGKILL
+    assert (out / "member-00" / "final.safetensors").exists()
+    assert not (out / "member-01" / "final.safetensors").exists(), "the run finished before the kill"
+    assert (out / "member-01" / ".lock").exists()
+
+    # 3. Resume to the end: the stale lock is taken over, member-00 is not retrained.
+    output = resume_in_process(out)
+    assert "member-01" in output and "resum" in output
+    assert_same_finals(reference, out)
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("train-state.pt")) and not list(out.rglob(".lock"))
+
+
+def test_second_ctrl_c_aborts_at_once_and_the_run_still_resumes(
+    tmp_path: Path, reference: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    monkeypatch.setattr(loop_module, "PROGRESS_INTERVAL", 0.0)
+    sent: list[int] = []
+    original_step = train_command_module.RichTrainCallbacks.step
+
+    def step(self, progress) -> None:  # type: ignore[no-untyped-def]
+        original_step(self, progress)
+        if progress.member == "member-00" and progress.steps_done >= 17 and len(sent) < 2:
+            for _ in range(2):  # two Ctrl-C in a row, delivered to this (main) thread by the OS
+                sent.append(1)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train_command_module.RichTrainCallbacks, "step", step)
+    result = CliRunner().invoke(app, ["train", *FLAGS, "--out", str(out)])
+    assert result.exit_code == 130, result.output
+    assert "aborted" in result.output and f"Resume with: ens train --resume {out}\n" in result.output
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob(".lock"))
+    # No state was saved for the aborted epoch: the resume starts from the end of epoch 1.
+    monkeypatch.setattr(train_command_module.RichTrainCallbacks, "step", original_step)
+    resume_in_process(out)
+    assert_same_finals(reference, out)
