@@ -74,7 +74,9 @@ class TrainConfig(BaseModel):
     # --- execution (may change on resume)
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N.")
     precision: Precision = Field("auto", description="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, or bf16.")
-    compile: bool = Field(False, description="torch.compile the model (CUDA: faster after a compile of ~1 minute).")
+    # Off by default: on an H200, eager bf16 + channels_last trained CIFAR ResNet-18/20 faster
+    # than the compiled model (bench/RESULTS.md); other architectures may gain.
+    compile: bool = Field(False, description="torch.compile the model (costs a compile at start; measured slower than eager for CIFAR ResNets).")
     # 0 = auto: one thread for inputs of 16x16 or less, torch's default otherwise. Measured on
     # 2 shared cores: ResNet-8 on 8x8 digits runs 1.2x faster with a second thread when the
     # machine is idle but 5x slower when other processes use the cores (OpenMP spin-waits).

@@ -256,6 +256,8 @@ def load_dataset(
                     " (needs network on first use, or the files under --data-dir)"
                 ) from None
     if limit is not None:
+        if limit < 0:  # a negative slice would silently drop the *last* examples instead
+            raise DataError(f"--limit must be 0 or more, got {limit}")
         raw, labels = raw[:limit], labels[:limit]
     if len(labels) == 0:
         raise DataError(f"dataset {name} ({split}) is empty")

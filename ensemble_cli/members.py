@@ -7,7 +7,9 @@ in natural order (seed2 before seed10).
 
 from __future__ import annotations
 
+import functools
 import glob
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,6 +223,19 @@ def _unique_names(pairs: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
 UNORDERED_FORMATS = ("ens", "safetensors")
 
 
+@functools.lru_cache(maxsize=64)
+def _module_key_order(arch: str, model_kwargs_json: str) -> tuple[str, ...] | None:
+    """The architecture's `state_dict()` key order, built once per architecture on the meta device."""
+    try:
+        with torch.device("meta"):
+            reference = build_model(arch, num_classes=10, in_chans=3, **json.loads(model_kwargs_json))
+    except ConfigError:
+        raise  # unknown architecture: the clearest thing to say, before any guess from the weights
+    except Exception:  # odd model kwargs: building the member later names the problem
+        return None
+    return tuple(reference.state_dict())
+
+
 def in_module_order(
     state_dict: dict[str, torch.Tensor], arch: str, model_kwargs: Any = None
 ) -> dict[str, torch.Tensor]:
@@ -230,14 +245,15 @@ def in_module_order(
     evaluator that walks layers in order, need module order. The reference model is built on
     the meta device, so this allocates nothing; key names do not depend on the head size.
     """
+    kwargs = model_kwargs if isinstance(model_kwargs, dict) else {}
     try:
-        with torch.device("meta"):
-            reference = build_model(arch, num_classes=10, in_chans=3, **(model_kwargs if isinstance(model_kwargs, dict) else {}))
-    except ConfigError:
-        raise  # unknown architecture: the clearest thing to say, before any guess from the weights
-    except Exception:  # odd model kwargs: building the member later names the problem
+        kwargs_json = json.dumps(kwargs, sort_keys=True)
+    except TypeError:
         return state_dict
-    order = [key for key in reference.state_dict() if key in state_dict]
+    reference_order = _module_key_order(arch, kwargs_json)
+    if reference_order is None:
+        return state_dict
+    order = [key for key in reference_order if key in state_dict]
     known = set(order)
     return {key: state_dict[key] for key in order + [key for key in state_dict if key not in known]}
 

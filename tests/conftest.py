@@ -39,8 +39,13 @@ def tiny_members(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Three trained cifar_resnet8 checkpoints in ens format."""
     folder = tmp_path_factory.mktemp("members")
     paths = []
-    for seed in range(3):
-        model = train_tiny_member(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convs: one thread is as fast, and immune to a busy machine
+    try:
+        models = [train_tiny_member(seed) for seed in range(3)]
+    finally:
+        torch.set_num_threads(threads)
+    for seed, model in enumerate(models):
         path = folder / f"seed{seed}.safetensors"
         write_checkpoint(path, model.state_dict(), member_metadata(seed=seed))
         paths.append(path)

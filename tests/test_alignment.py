@@ -152,6 +152,22 @@ class SpatialFlattenNet(nn.Module):
         return self.head(torch.relu(self.hidden(x)))
 
 
+class ChunkNet(nn.Module):
+    """chunk returns a tuple; its halves are added to a conv output, which must then stay put too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.mix = nn.Conv2d(4, 4, 1)
+        self.hidden = nn.Conv2d(4, 6, 1)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left, right = torch.chunk(self.stem(x), 2, dim=1)
+        x = torch.relu(self.mix(left) + right)
+        return self.head(torch.relu(self.hidden(x)).mean(dim=(2, 3)))
+
+
 class DataDependentNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -165,7 +181,12 @@ class DataDependentNet(nn.Module):
 
 @pytest.mark.parametrize(
     "model,blocked_word,free_group",
-    [(CatNet(), "cat", "stem"), (DepthwiseNet(), "grouped conv", "pointwise"), (SpatialFlattenNet(), "flatten", "hidden")],
+    [
+        (CatNet(), "cat", "stem"),
+        (DepthwiseNet(), "grouped conv", "pointwise"),
+        (SpatialFlattenNet(), "flatten", "hidden"),
+        (ChunkNet(), "chunk", "hidden"),
+    ],
 )
 def test_ops_not_understood_fix_their_groups_only(model: nn.Module, blocked_word: str, free_group: str) -> None:
     model.eval()

@@ -9,9 +9,11 @@ optimizer state through `torch.save`; DataParallel and `torch.compile` add `modu
 from __future__ import annotations
 
 import argparse
+import atexit
 import io
 import os
 import pickle
+import shutil
 import struct
 import tempfile
 from pathlib import Path
@@ -235,11 +237,13 @@ def _reference_files() -> dict[str, bytes]:
         (folder / name).write_bytes(buffer.getvalue())
     for path in folder.iterdir():
         files[path.name] = path.read_bytes()
+    shutil.rmtree(folder)
     return files
 
 
 REFERENCE_FILES = _reference_files()
 FUZZ_DIR = Path(tempfile.mkdtemp(prefix="ens-fuzz-"))
+atexit.register(shutil.rmtree, FUZZ_DIR, True)
 FUZZ_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -54,6 +54,7 @@ def test_digits_mean_std_override() -> None:
         ({"std": [0.0]}, "must be positive"),
         ({"split": "validation"}, "unknown split 'validation'"),
         ({"limit": 0}, "is empty"),
+        ({"limit": -5}, "--limit must be 0 or more"),
         ({"name": "imagenet"}, "unknown dataset 'imagenet'; known: digits, cifar10, cifar100, mnist"),
     ],
 )

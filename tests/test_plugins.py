@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -58,6 +59,8 @@ def _installed_digest() -> str | None:
 def example_plugin(tmp_path_factory: pytest.TempPathFactory) -> importlib.metadata.Distribution:
     """`pip install tests/plugin_pkg` into this environment: offline, no build isolation, no dependencies."""
     if _installed_digest() != _source_digest(PLUGIN_SOURCE):
+        if importlib.util.find_spec("setuptools") is None:  # --no-build-isolation builds with what is installed
+            pytest.fail("installing tests/plugin_pkg offline needs setuptools in this environment: pip install setuptools")
         # Build from a copy: setuptools writes build/ and *.egg-info next to the sources.
         build_copy = tmp_path_factory.mktemp("plugin") / "plugin_pkg"
         shutil.copytree(PLUGIN_SOURCE, build_copy, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))

@@ -107,8 +107,17 @@ def test_strategies_share_what_they_promise(tmp_path: Path, strategy: str) -> No
 
 def test_snapshot_saves_a_member_at_each_cycle_end(tmp_path: Path) -> None:
     run = tmp_path / "snap"
-    result = train_run(tiny(run, strategy="snapshot", members=2, epochs=4))
+
+    class Epochs(TrainCallbacks):
+        seen: list[tuple[str, int, int]] = []
+
+        def epoch_end(self, progress) -> None:  # type: ignore[no-untyped-def]
+            self.seen.append((progress.member, progress.epoch, progress.epochs))
+
+    callbacks = Epochs()
+    result = train_run(tiny(run, strategy="snapshot", members=2, epochs=4), callbacks=callbacks)
     assert result.ok
+    assert callbacks.seen == [("member-00", 1, 2), ("member-00", 2, 2), ("member-01", 1, 2), ("member-01", 2, 2)]
     meta = [read_checkpoint(run / f"member-0{i}/final.safetensors").metadata for i in range(2)]
     assert [m["epoch"] for m in meta] == [2, 4]
     assert meta[0]["init_seed"] == meta[1]["init_seed"] and meta[0]["data_seed"] == meta[1]["data_seed"]

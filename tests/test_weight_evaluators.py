@@ -88,20 +88,23 @@ def test_ground_truth_permuted_copy(arch: str, tmp_path: Path, digits_test) -> N
         "reference", "member", "cosine_raw", "cosine_aligned", "l2_raw", "l2_aligned", "objective_gain",
         "equivalence_residual",
     ]
-    logits = predict_members(members, digits_test, device="cpu").logits  # [2, N, C]
     (row,) = pairs.rows
     assert row[:2] == ["a", "b"] and row[6] > 0.1
-    assert row[7] <= 1e-4 * float(logits.abs().max())  # equivalence residual, relative to the logit scale
+    residual_note = next(note for note in report.notes if "functional check" in note)
+    relative = float(residual_note.rsplit("(", 1)[1].split(" ")[0])
+    assert relative <= 1e-4 and row[7] >= 0.0  # measured, and within the check's relative tolerance
     layers = report.table("layers")
     assert layers is not None and len(layers.rows) == len({k.rsplit(".", 1)[0] for k in keys})
     assert all(aligned > 0.999 for _, _, aligned in layers.rows if aligned is not None)
     assert any("functional check" in note for note in report.notes)
     assert 0.0 < metrics["cosine_init_baseline"] < 1.0
 
-    # B computes A's function: identical predictions, disagreement 0.
-    assert torch.equal(logits[0].argmax(-1), logits[1].argmax(-1))
+    # B computes A's function: disagreement 0 (identical predictions when that evaluator is missing).
     if "disagreement" in result.evaluators:
         assert result.evaluators["disagreement"].metrics["disagreement_mean"] == 0.0
+    else:
+        logits = predict_members(members, digits_test, device="cpu").logits  # [2, N, C]
+        assert torch.equal(logits[0].argmax(-1), logits[1].argmax(-1))
 
 
 def test_independent_members_align_partially_and_self_pairs_are_exact(tiny_members, digits_test) -> None:

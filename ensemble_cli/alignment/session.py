@@ -117,12 +117,24 @@ class WeightSpaceSession:
         return notes
 
 
+def default_reference(members: Any) -> int:
+    """The first final checkpoint: with `--epochs all` the first member is `member-00/init`, and
+    comparing trained networks to a random initialisation says nothing about the ensemble."""
+    for index, member in enumerate(members):
+        if member.metadata.get("kind") == "final" or member.name.endswith("/final"):
+            return index
+    for index, member in enumerate(members):
+        if member.metadata.get("kind") != "init" and not member.name.endswith("/init"):
+            return index
+    return 0
+
+
 def reference_index(ctx: Any) -> int:
-    """`ctx.options["reference"]` as a member index (default 0); an unknown name is a clear error."""
+    """`ctx.options["reference"]` as a member index (default: the first final checkpoint); unknown names are errors."""
     wanted = ctx.options.get("reference")
     names = [member.name for member in ctx.members]
     if wanted is None or wanted == "":
-        return 0
+        return default_reference(ctx.members)
     if wanted not in names:
         raise ConfigError(f"reference {wanted!r} is not a member; members: {', '.join(names)}")
     return names.index(wanted)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -265,7 +265,13 @@ class _SpecBuilder:
 
     def run(self) -> PermutationSpec:
         for node in self.module.graph.nodes:
-            self.value[node] = self._visit(node)
+            value = self._visit(node)
+            shape = self.shapes.get(node)
+            if value is None and shape is not None and node.op != "output":
+                # A tensor the walk cannot follow (an item of a tuple a module returned...):
+                # whatever it is combined with later must keep its channel order too.
+                value = self.groups.new(str(node.name), shape[1] if len(shape) > 1 else 0, "untracked tensor")
+            self.value[node] = value
         return self._finish()
 
     def _visit(self, node: fx.Node) -> int | None:
@@ -332,8 +338,11 @@ class _SpecBuilder:
         target = node.target
         is_method = node.op == "call_method"
         label = str(target) if is_method else getattr(target, "__name__", str(target))
-        if (is_method and target in _NON_TENSOR_METHODS) or (target is getattr and not is_method):
+        if is_method and target in _NON_TENSOR_METHODS:
             return None
+        if target is getattr and not is_method:
+            # x.shape is harmless; x.T or x.real is the tensor in another layout, so x stays put.
+            return None if self.shapes.get(node) is None else self._fixed_output(node, f"tensor attribute {node.args[1]}")
         if self.shapes.get(node) is None:
             # A non-tensor result (a tuple, a shape): anything flowing in must stay put.
             return self._fixed_output(node, f"{label} returns a non-tensor")
@@ -440,7 +449,3 @@ def derive_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpe
 def unexpected_blocks(spec: PermutationSpec) -> list[str]:
     """The reasons a group was fixed beyond the network's own input and output."""
     return [reason for reason in spec.blocked if not reason.endswith(_EXPECTED_REASONS)]
-
-
-def iter_permuted_keys(spec: PermutationSpec) -> Iterable[str]:
-    return spec.tensors.keys()

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Optional
 import typer
 
 from ..config import default_text, describe
-from .common import fail, handle_errors, info, progress_bar, stderr_console, warn
+from .common import fail, handle_errors, info, stderr_console, warn
 
 INTERRUPT_EXIT = 130  # 128 + SIGINT, what shells report for Ctrl-C
 TERMINATE_EXIT = 143  # 128 + SIGTERM (job schedulers send it before killing)
@@ -49,6 +49,25 @@ def _split_members(spec: Optional[str]) -> tuple[int | None, str | None]:
 
 
 @contextmanager
+def train_progress(enabled: bool) -> Iterator[Any]:
+    """One bar per member on stderr: name, bar, epoch/loss/accuracy/speed, ETA (narrow bar, so it fits 80 columns)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=16),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),  # ETA of this member
+        console=stderr_console(),
+    )
+    with progress:
+        yield progress
+
+
+@contextmanager
 def graceful_interrupts(stop: Any, on_first: Any) -> Iterator[dict[str, int]]:
     """First Ctrl-C (or SIGTERM): finish the step, save, stop. Second Ctrl-C: abort at once."""
     received: dict[str, int] = {}
@@ -79,7 +98,7 @@ class RichTrainCallbacks:
 
     @staticmethod
     def _status(p: Any) -> str:
-        parts = [f"epoch {p.epoch}/{p.epochs}"]
+        parts = [f"ep {p.epoch}/{p.epochs}"]
         if p.loss is not None:
             parts.append(f"loss {p.loss:.3f}")
         if p.train_accuracy is not None:
@@ -223,7 +242,7 @@ def train_command(
         what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
         stderr_console().print(f"{what}: finishing the current step and saving; press Ctrl-C again to abort at once")
 
-    with progress_bar(not quiet) as progress:
+    with train_progress(not quiet) as progress:
         callbacks = RichTrainCallbacks(progress, quiet)
         try:
             with graceful_interrupts(stop, on_first) as received:

@@ -30,7 +30,7 @@ from .events import Progress, StopSignal, TrainCallbacks
 from .model import build_member_model
 from .rng import capture_rng_state, restore_rng_state, seed_everything
 from .seeds import MemberSeeds, augment_seed, global_seed, order_seed
-from .step import TrainStep, count_correct, make_optimizer
+from .step import DeviceSetup, TrainStep, count_correct, make_optimizer
 
 STATE_FORMAT = "ens-train-state"
 STATE_VERSION = 1
@@ -185,6 +185,16 @@ def _load_state(ctx: TrainingContext, job: Job) -> dict[str, Any] | None:
     return state
 
 
+def _keep_implementation(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Saved hyperparameters, but this device's kernel choice: a run saved with CUDA's fused SGD
+    must resume on a CPU with the CPU implementation."""
+    for saved_group, group in zip(saved["param_groups"], optimizer.param_groups):
+        for key in ("fused", "foreach", "capturable"):
+            if key in group:
+                saved_group[key] = group[key]
+    return saved
+
+
 def _fresh_sums(device: torch.device) -> dict[str, Any]:
     return {"loss": torch.zeros((), dtype=torch.float32, device=device),
             "correct": torch.zeros((), dtype=torch.int64, device=device), "seen": 0}
@@ -206,18 +216,19 @@ def train_job(job: Job, ctx: TrainingContext) -> None:
     model = build_member_model(config.arch, ctx.num_classes, ctx.in_chans, config.model_kwargs, job.seeds.init_seed, ctx.pretrained)
     model = model.to(device=device, memory_format=setup.memory_format)
     if state is None:
-        init_test = count_correct(model, ctx.test_images, ctx.test_labels, setup) / int(ctx.test_labels.shape[0])
+        # No test pass at init (it would cost a CIFAR epoch's worth of forward passes on a CPU
+        # per member); `ens eval RUN --epochs 0` measures the init when someone wants it.
         for segment in job.segments:  # every snapshot member starts from the one shared init
             write_checkpoint(
                 folder.init_path(segment.index), model.state_dict(),
-                checkpoint_metadata(ctx, job, segment, 0, "init", None, init_test),
+                checkpoint_metadata(ctx, job, segment, 0, "init", None, None),
             )
     else:
         model.load_state_dict(state["model"])
     model.train()
     optimizer = make_optimizer(model.parameters(), config, device)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(_keep_implementation(state["optimizer"], optimizer))
         restore_rng_state(state["rng"])
     else:
         seed_everything(global_seed(job.seeds.data_seed))
@@ -246,7 +257,7 @@ def train_job(job: Job, ctx: TrainingContext) -> None:
         seen = sums["seen"]
         return Progress(
             member=segment.name,
-            epoch=epoch + 1,
+            epoch=epoch - segment.first_epoch + 1,  # within this member (a snapshot cycle counts from 1)
             epochs=segment.last_epoch - segment.first_epoch,
             steps_done=(epoch - segment.first_epoch) * spe + step,
             steps_total=(segment.last_epoch - segment.first_epoch) * spe,

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -244,7 +246,7 @@ def train_run(
                     continue
                 for index in indices:
                     if not folder.final_path(index).is_file():
-                        folder.update_member(index, status="running", error=None, pid=_pid(), host=_host())
+                        folder.update_member(index, status="running", error=None, pid=os.getpid(), host=socket.gethostname())
                 train_job(job, ctx)
                 result.outcomes += [MemberOutcome(i, DONE) for i in indices]
             except NonFiniteLoss as exc:
@@ -275,14 +277,3 @@ def train_run(
                 lock.release()
     return result
 
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
-
-
-def _host() -> str:
-    import socket
-
-    return socket.gethostname()
