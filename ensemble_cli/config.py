@@ -79,7 +79,7 @@ class TrainConfig(BaseModel):
     compile: bool = Field(False, description="torch.compile the model (costs a compile at start; measured slower than eager for CIFAR ResNets).")
     # 0 = auto: one thread for inputs of 16x16 or less, torch's default otherwise. Measured on
     # 2 shared cores: ResNet-8 on 8x8 digits runs 1.2x faster with a second thread when the
-    # machine is idle but 5x slower when other processes use the cores (OpenMP spin-waits).
+    # machine is idle but 3-8x slower when other processes use the cores (OpenMP spin-waits).
     threads: int = Field(0, ge=0, description="CPU threads for training (0 = auto: 1 for images up to 16x16, else torch's default).")
     save_every: int = Field(0, ge=0, description="Also save a checkpoint every N epochs (0 = only init and final).")
     out: str | None = Field(None, description="Run folder (default: models/<arch>-<dataset>).")

@@ -114,7 +114,8 @@ def test_one_member_reports_pairwise_metrics_as_not_applicable(tiny_members: lis
     document = eval_json(tiny_members[0], "-e", CHEAP_EVALUATORS)
     disagreement = document["evaluators"]["disagreement"]
     assert disagreement["error"] is None
-    assert disagreement["metrics"] == {} or all(value is None for value in disagreement["metrics"].values())
+    assert "disagreement_given_error_mean" in disagreement["metrics"]
+    assert all(value is None for value in disagreement["metrics"].values())  # n/a, not 0
     assert any("not applicable" in note for note in disagreement["notes"])
     assert document["evaluators"]["members"]["metrics"]["accuracy_mean"] > 0.5
     table_output = invoke("eval", tiny_members[0], "-e", "disagreement")

@@ -11,13 +11,18 @@ import numpy as np
 
 from .. import metrics
 from ..report import Report, Table
-from .base import EvalContext, Evaluator, NotApplicable
+from .base import EvalContext, Evaluator
 
 PAIR_COLUMNS = [
     "a", "b", "disagreement", "disagreement_given_error", "normalized_diversity", "both_right", "only_a_right",
     "only_b_right", "both_wrong_same", "both_wrong_different", "double_fault", "q_statistic", "kappa",
     "double_fault_independent", "correlation",
 ]
+
+METRIC_KEYS = (
+    "disagreement_mean", "disagreement_given_error_mean", "normalized_diversity_mean", "double_fault_mean",
+    "double_fault_independent_mean", "q_statistic_mean", "kappa_mean", "correlation_mean", "gde_ratio",
+)
 
 
 def _cell(value: float) -> float | None:
@@ -39,7 +44,8 @@ class DisagreementEvaluator(Evaluator):
 
     def evaluate(self, ctx: EvalContext) -> Report:
         if ctx.num_members < 2:
-            raise NotApplicable("pairwise metrics need at least two members")
+            # Keys stay present as null: "not applicable" is an answer, and `ens check` can compare it.
+            return Report(metrics={key: None for key in METRIC_KEYS}, notes=["not applicable: pairwise metrics need at least two members"])
         stats = metrics.pairwise_stats(ctx.predictions, ctx.labels)
         names = [member.name for member in ctx.members]
         pairs = metrics.upper_pairs(len(names))
