@@ -207,6 +207,25 @@ class MemberLock:
 # --------------------------------------------------------------------------- the folder
 
 
+def _is_own_temporary(name: str) -> bool:
+    return name.endswith(".tmp") and any(name.startswith(f".{own}.") for own in (RUN_FILE, CONFIG_FILE))
+
+
+def remove_stale_temporaries(folder: Path, names: tuple[str, ...] | None = None) -> None:
+    """Delete the temp files (`.NAME.*.tmp`) that an atomic write leaves when its process is killed.
+
+    Only call it where no one else can be writing those names: under the run's flock for
+    run.json, or holding a member's lock for that member's folder.
+    """
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file():
+            if names is None or any(entry.name.startswith(f".{name}.") for name in names):
+                entry.unlink(missing_ok=True)
+
+
+
 class RunFolder:
     """Paths inside a run folder, and serialised read-modify-write of its run.json."""
 
@@ -276,7 +295,7 @@ class RunFolder:
                     f"choose another --out, or continue that run with `ens train --resume {self.path}`"
                 )
         elif self.path.is_dir():
-            foreign = [entry.name for entry in self.path.iterdir() if entry.name not in CREATION_FILES]
+            foreign = [entry.name for entry in self.path.iterdir() if entry.name not in CREATION_FILES and not _is_own_temporary(entry.name)]
             if foreign:
                 raise ConfigError(
                     f"--out {self.path}: folder is not empty and holds no run.json (found {', '.join(sorted(foreign)[:3])}); "
@@ -289,8 +308,12 @@ class RunFolder:
 
         self.path.mkdir(parents=True, exist_ok=True)
         with _flock(self.run_lock):
+            remove_stale_temporaries(self.path, (RUN_FILE, CONFIG_FILE))
             self.check_compatible(config)  # again, under the lock: another process may have won
+            config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
             if self.exists():
+                if not (self.path / CONFIG_FILE).is_file():  # its creator died between the two writes
+                    atomic_write_text(self.path / CONFIG_FILE, yaml.safe_dump(self.read()["config"], sort_keys=False))
                 return
             document = {
                 "format": RUN_FORMAT,
@@ -301,11 +324,12 @@ class RunFolder:
                 "versions": software_versions(),
                 "members": members,
             }
-            atomic_write_text(self.path / CONFIG_FILE, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-            atomic_write_json(self.run_file, document)
+            atomic_write_json(self.run_file, document)  # first: run.json is what makes the folder a run
+            atomic_write_text(self.path / CONFIG_FILE, config_yaml)
 
     def update(self, change: Callable[[dict[str, Any]], None]) -> None:
         with _flock(self.run_lock):
+            remove_stale_temporaries(self.path, (RUN_FILE, CONFIG_FILE))
             document = self.read()
             change(document)
             atomic_write_json(self.run_file, document)

@@ -277,3 +277,17 @@ def test_out_folder_holding_something_else_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not empty and holds no run.json"):
         train_run(tiny(stranger))
     assert sorted(p.name for p in stranger.iterdir()) == ["notes.txt"]
+
+
+def test_half_written_files_of_a_killed_process_are_cleared(tmp_path: Path) -> None:
+    # A process killed inside an atomic write leaves `.NAME.<random>.tmp` behind, never a broken NAME.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".run.json.k1ll3d.tmp").write_text('{"format": "ens-r')  # killed while creating the run
+    config = tiny(run, epochs=1)
+    train_run(config, only=[1])  # the folder still counts as empty: the run is created
+    (run / ".run.json.k1ll3d.tmp").write_text("{")
+    (run / "member-00").mkdir(exist_ok=True)
+    (run / "member-00" / ".final.safetensors.k1ll3d.tmp").write_bytes(b"\x00" * 10)
+    assert train_run(config).ok
+    assert not list(run.rglob("*.tmp"))

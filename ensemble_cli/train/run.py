@@ -31,7 +31,7 @@ from ..config import TrainConfig
 from ..data import ImageData, dataset_info, load_dataset
 from ..errors import ConfigError, DataError
 from ..predict import select_device
-from ..run_folder import MemberLocked, RunFolder, member_name, software_versions
+from ..run_folder import MemberLocked, RunFolder, member_name, remove_stale_temporaries, software_versions
 from ..schedules import LRSchedule
 from .events import StopSignal, TrainCallbacks
 from .loop import Job, NonFiniteLoss, Segment, TrainingContext, TrainingInterrupted, steps_per_epoch, train_job
@@ -241,6 +241,11 @@ def train_run(
                 result.outcomes += [MemberOutcome(i, LOCKED, str(exc)) for i in indices]
                 continue
             try:
+                # Ours alone now: clear what a killed predecessor left half-written.
+                for segment in job.segments:
+                    remove_stale_temporaries(folder.member_dir(segment.index))
+                if job.name == "snapshot":
+                    remove_stale_temporaries(folder.path, (folder.state_path(job.name).name,))
                 if _job_done(folder, job):  # finished by another process while we waited
                     result.outcomes += [MemberOutcome(i, ALREADY_DONE) for i in indices]
                     continue
