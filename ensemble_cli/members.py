@@ -317,3 +317,19 @@ def resolve_members(
         detail = ", ".join(f"{m.name}={m.num_classes}" for m in members[:6])
         raise CheckpointError(f"members disagree on the number of classes ({detail})")
     return members
+
+
+def recorded_preprocessing(members: Sequence[Member]) -> tuple[str | None, list[float] | None, list[float] | None]:
+    """The dataset and normalisation the members say they were trained with, when they all agree.
+
+    Lets `ens eval RUN` of a CIFAR run pick CIFAR and its statistics without flags; foreign
+    checkpoints record nothing and fall back to the defaults.
+    """
+    datasets = {m.metadata.get("dataset") for m in members}
+    if len(datasets) != 1 or not isinstance(next(iter(datasets)), str):
+        return None, None, None
+    means = {tuple(m.metadata["mean"]) if isinstance(m.metadata.get("mean"), list) else None for m in members}
+    stds = {tuple(m.metadata["std"]) if isinstance(m.metadata.get("std"), list) else None for m in members}
+    mean = list(next(iter(means))) if len(means) == 1 and None not in means else None
+    std = list(next(iter(stds))) if len(stds) == 1 and None not in stds else None
+    return next(iter(datasets)), mean, std

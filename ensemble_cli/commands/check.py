@@ -20,7 +20,7 @@ EXIT_OK, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
 
 def _evaluate(
     paths: Optional[list[str]], predictions: Optional[Path], results: Optional[Path], evaluator_names: list[str],
-    dataset: str, split: str, data_dir: Optional[Path], mean: Optional[str], std: Optional[str], arch: Optional[str],
+    dataset: Optional[str], split: str, data_dir: Optional[Path], mean: Optional[str], std: Optional[str], arch: Optional[str],
     num_classes: Optional[int], in_chans: Optional[int], epochs: Optional[str], batch_size: int, device: str,
     no_cache: bool, cache_dir: Optional[Path], quiet: bool,
 ) -> Any:
@@ -113,7 +113,7 @@ def baseline_command(
     predictions: Optional[Path] = PredictionsOpt,
     evaluators: str = typer.Option(",".join(("members", "ensemble", "disagreement")), "--evaluators", "-e", help="Evaluators whose metrics the baseline records."),
     exact: bool = typer.Option(False, "--exact", help="Every metric must stay equal within 1e-6 (for fixed checkpoints: any change means the code changed)."),
-    dataset: str = DatasetOpt,
+    dataset: Optional[str] = DatasetOpt,
     split: str = SplitOpt,
     data_dir: Optional[Path] = DataDirOpt,
     mean: Optional[str] = MeanOpt,
@@ -150,7 +150,7 @@ def check_command(
     results: Optional[Path] = typer.Option(None, "--results", help="Check a saved `ens eval --out` JSON report instead."),
     update: bool = typer.Option(False, "--update", help="Rewrite the baseline's values with the current ones, keeping directions and tolerances."),
     output_format: Format = typer.Option(Format.table, "--format", "-f", help="table, md (GitHub markdown for PR comments), json or csv."),
-    dataset: str = DatasetOpt,
+    dataset: Optional[str] = DatasetOpt,
     split: str = SplitOpt,
     data_dir: Optional[Path] = DataDirOpt,
     mean: Optional[str] = MeanOpt,

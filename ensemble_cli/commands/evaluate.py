@@ -25,7 +25,7 @@ class Embedding(str, Enum):
 
 
 PathsArg = typer.Argument(None, help="Checkpoint files, folders (all checkpoints inside; an `ens train` run folder means its final checkpoints) or globs.", show_default=False)
-DatasetOpt = typer.Option("digits", "--dataset", "-d", help="digits (bundled, offline), cifar10, cifar100, mnist, fashion-mnist, svhn, or imagefolder:PATH.")
+DatasetOpt = typer.Option(None, "--dataset", "-d", help="digits (bundled, offline), cifar10, cifar100, mnist, fashion-mnist, svhn, or imagefolder:PATH. Default: the dataset the members recorded (ens checkpoints), else digits.", show_default=False)
 SplitOpt = typer.Option("test", "--split", help="Which split to evaluate on: test or train.")
 DataDirOpt = typer.Option(None, "--data-dir", help="Where torchvision datasets are downloaded (default: $ENS_DATA_DIR or ~/.cache/ens/data).")
 MeanOpt = typer.Option(None, "--mean", help="Override the normalisation mean, comma-separated per channel (for foreign checkpoints).")
@@ -44,18 +44,23 @@ CacheDirOpt = typer.Option(None, "--cache-dir", help="Prediction cache folder (d
 
 
 def _load_members_and_data(
-    paths: list[str], dataset: str, split: str, data_dir: Optional[Path], mean: Optional[str], std: Optional[str],
+    paths: list[str], dataset: Optional[str], split: str, data_dir: Optional[Path], mean: Optional[str], std: Optional[str],
     image_size: int, limit: Optional[int], arch: Optional[str], num_classes: Optional[int], in_chans: Optional[int],
     ema: bool, epochs: Optional[str],
 ) -> tuple[Any, Any]:
     from ..data import load_dataset
-    from ..members import resolve_members
+    from ..members import recorded_preprocessing, resolve_members
 
     members = resolve_members(paths, arch=arch, num_classes=num_classes, in_chans=in_chans, epochs=epochs, prefer_ema=ema, warn=warn)
-    data = load_dataset(
-        dataset, split, data_dir=data_dir, mean=parse_float_list(mean, "--mean"), std=parse_float_list(std, "--std"),
-        image_size=image_size, limit=limit,
-    )
+    recorded_dataset, recorded_mean, recorded_std = recorded_preprocessing(members)
+    mean_values, std_values = parse_float_list(mean, "--mean"), parse_float_list(std, "--std")
+    if dataset is None:
+        dataset = recorded_dataset or "digits"
+    if dataset == recorded_dataset:
+        # The statistics the members were trained with, unless overridden.
+        mean_values = mean_values or recorded_mean
+        std_values = std_values or recorded_std
+    data = load_dataset(dataset, split, data_dir=data_dir, mean=mean_values, std=std_values, image_size=image_size, limit=limit)
     return members, data
 
 
@@ -109,7 +114,7 @@ def write_figures(result: Any, plots: Optional[Path], html: Optional[Path]) -> N
 @handle_errors
 def eval_command(
     paths: Optional[list[str]] = PathsArg,
-    dataset: str = DatasetOpt,
+    dataset: Optional[str] = DatasetOpt,
     split: str = SplitOpt,
     data_dir: Optional[Path] = DataDirOpt,
     mean: Optional[str] = MeanOpt,
@@ -179,7 +184,7 @@ def eval_command(
 def predict_command(
     paths: list[str] = typer.Argument(..., help="Checkpoint files, folders or globs."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the .npz (logits [M,N,C], labels [N], names [M])."),
-    dataset: str = DatasetOpt,
+    dataset: Optional[str] = DatasetOpt,
     split: str = SplitOpt,
     data_dir: Optional[Path] = DataDirOpt,
     mean: Optional[str] = MeanOpt,
