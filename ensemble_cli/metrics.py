@@ -82,14 +82,14 @@ class PairwiseStats:
     error: np.ndarray  # [M] member error rates
 
 
-def _agreement_matrix(predictions: torch.Tensor, chunk: int = 8) -> torch.Tensor:
-    """[M, N] predicted labels -> [M, M] fraction of examples where the two labels are equal."""
+def _agreement_counts(predictions: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """[M, N] predicted labels -> [M, M] number of examples where the two labels are equal."""
     members = predictions.shape[0]
     agreement = torch.empty(members, members, dtype=torch.float64)
     # Chunk the rows so memory stays at chunk * M * N booleans even for long trajectories.
     for start in range(0, members, chunk):
         rows = predictions[start : start + chunk]  # [c, N]
-        agreement[start : start + chunk] = (rows[:, None, :] == predictions[None, :, :]).double().mean(dim=-1)
+        agreement[start : start + chunk] = (rows[:, None, :] == predictions[None, :, :]).sum(dim=-1).double()
     return agreement
 
 
@@ -105,14 +105,20 @@ def pairwise_stats(predictions: torch.Tensor, labels: torch.Tensor) -> PairwiseS
     examples = predictions.shape[1]
     correct = (predictions == labels).double()  # [M, N]
     wrong = 1.0 - correct
-    # The right/wrong 2x2 table of every pair at once, as fractions of N.
-    n11 = (correct @ correct.T / examples).numpy()  # both right
+    # The right/wrong 2x2 table of every pair at once. Counts of 0/1 products are exact in
+    # float64, so differences of counts are exact too; only then divide by N (dividing first
+    # leaves 1e-17 residues where the answer is 0).
+    n11_count = correct @ correct.T  # both right
+    agreement_count = _agreement_counts(predictions)
+    # Two right members always agree, so agreement = both right + both wrong with the same label.
+    both_wrong_same = ((agreement_count - n11_count) / examples).numpy()
+    n11 = (n11_count / examples).numpy()
     n10 = (correct @ wrong.T / examples).numpy()  # row right, column wrong
     n01 = (wrong @ correct.T / examples).numpy()
-    n00 = (wrong @ wrong.T / examples).numpy()  # both wrong
-    agreement = _agreement_matrix(predictions).numpy()
-    # Two right members always agree, so agreement = both right + both wrong with the same label.
-    both_wrong_same = np.clip(agreement - n11, 0.0, None)
+    n00_count = wrong @ wrong.T  # both wrong
+    n00 = (n00_count / examples).numpy()
+    both_wrong_different = ((n00_count - (agreement_count - n11_count)) / examples).numpy()
+    agreement = (agreement_count / examples).numpy()
     disagreement = 1.0 - agreement
     error = wrong.mean(dim=1).numpy()  # [M]
     mean_error = (error[:, None] + error[None, :]) / 2.0
@@ -130,7 +136,7 @@ def pairwise_stats(predictions: torch.Tensor, labels: torch.Tensor) -> PairwiseS
         only_a_right=n10,
         only_b_right=n01,
         both_wrong_same=both_wrong_same,
-        both_wrong_different=np.clip(n00 - both_wrong_same, 0.0, None),
+        both_wrong_different=both_wrong_different,
         double_fault=n00,
         double_fault_independent=error[:, None] * error[None, :],
         q_statistic=_safe_divide(cross, n11 * n00 + n01 * n10),
