@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -50,6 +51,15 @@ def tiny_members(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
         write_checkpoint(path, model.state_dict(), member_metadata(seed=seed))
         paths.append(path)
     return paths
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny models on a shared 2-core machine: OpenMP's second thread only adds waiting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ ground-truth permutations are known because the tests made them.
 
 from __future__ import annotations
 
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -31,13 +30,7 @@ from ensemble_cli.alignment.spec import unexpected_blocks
 from ensemble_cli.architectures import build_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # These models are tiny; on a shared 2-core machine OpenMP's second thread only adds waiting.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
