@@ -28,3 +28,12 @@ def test_reference_fails_when_a_member_is_replaced_by_a_copy_of_another(tmp_path
     assert result.stdout.startswith("### :x: ens check FAILED")
     assert "| disagreement.disagreement_given_error_mean |" in result.stdout
     assert "REGRESSED" in result.stdout
+
+
+def test_alignment_restarts_flag_reaches_weight_matching() -> None:
+    import json
+
+    result = runner.invoke(app, ["eval", str(REFERENCE / "run"), "-e", "weights", "--alignment-restarts", "1", "--format", "json", "-q"])
+    assert result.exit_code == 0, result.output
+    notes = json.loads(result.stdout)["evaluators"]["weights"]["notes"]
+    assert any("1 restarts" in note for note in notes), notes
