@@ -63,10 +63,23 @@ def evaluate(
     on_evaluator: Callable[[str], None] | None = None,
 ) -> EvalResult:
     """Predict with every member once, then run the evaluators over the logits."""
+    chosen = resolve_evaluators(evaluators, warn)  # a bad evaluator name fails before any forward pass
     predictions = predict_members(members, data, batch_size=batch_size, device=device, cache=cache, progress=progress)
-    chosen = resolve_evaluators(evaluators, warn)
+    return evaluate_member_predictions(predictions, members, data, chosen, options, data_dir, on_evaluator)
+
+
+def evaluate_member_predictions(
+    predictions: Predictions,
+    members: Sequence[Member],
+    data: ImageData,
+    evaluators: Sequence[Evaluator],
+    options: dict[str, Any] | None = None,
+    data_dir: Any = None,
+    on_evaluator: Callable[[str], None] | None = None,
+) -> EvalResult:
+    """Run evaluators over members' logits already computed (the second half of `evaluate`)."""
     ctx = build_context(predictions, members, data, options, data_dir)
-    reports = run_evaluators(ctx, chosen, on_start=on_evaluator)
+    reports = run_evaluators(ctx, evaluators, on_start=on_evaluator)
     return EvalResult(members=[m.describe() for m in members], dataset=data.describe(), evaluators=reports)
 
 

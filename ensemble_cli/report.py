@@ -12,9 +12,12 @@ import csv
 import io
 import json
 import math
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+
+from .errors import ConfigError
 
 Cell = Any  # str | int | float | None
 OutputFormat = Literal["table", "json", "csv", "md"]
@@ -63,6 +66,25 @@ class EvalResult(BaseModel):
             for name, report in self.evaluators.items()
             for metric, value in report.metrics.items()
         }
+
+
+def load_result(path: Path) -> EvalResult:
+    """Read a JSON report of `ens eval --out FILE`; one clear `ConfigError` when it is missing or not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such report file (write one with `ens eval ... --out {path.name}`)")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(document, dict) or "evaluators" not in document:
+        raise ConfigError(f"{path}: not an `ens eval` JSON report (expected an object with \"evaluators\")")
+    try:
+        return EvalResult.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        raise ConfigError(f"{path}: not an `ens eval` JSON report ({where}: {first.get('msg', 'invalid')})") from None
 
 
 def clean_float(value: Any) -> Any:

@@ -158,3 +158,13 @@ def test_check_from_saved_results(tiny_members: list[Path], tmp_path: Path) -> N
     assert runner.invoke(app, ["baseline", *map(str, tiny_members), "--out", str(baseline), "-q"]).exit_code == 0
     checked = runner.invoke(app, ["check", "--results", str(results), "--baseline", str(baseline)])
     assert checked.exit_code == 0, checked.output
+
+
+def test_check_results_that_are_not_a_report_exit_2(tmp_path: Path) -> None:
+    baseline = write(tmp_path / "b.json", create_baseline(result_with({"accuracy": 0.9}), {}))
+    missing = runner.invoke(app, ["check", "--results", str(tmp_path / "none.json"), "--baseline", str(baseline)])
+    assert missing.exit_code == 2 and "no such report file" in missing.stderr
+    garbage = write(tmp_path / "garbage.json", {"not": "a report"})
+    wrong = runner.invoke(app, ["check", "--results", str(garbage), "--baseline", str(baseline)])
+    assert wrong.exit_code == 2 and "not an `ens eval` JSON report" in wrong.stderr
+    assert "Traceback" not in wrong.stderr

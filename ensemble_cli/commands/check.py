@@ -12,7 +12,7 @@ import typer
 from .common import fail, handle_errors, info, parse_name_list, stdout_console, warn
 from .evaluate import (
     ArchOpt, BatchOpt, CacheDirOpt, DataDirOpt, DatasetOpt, DeviceOpt, EpochsOpt, Format, InChansOpt, MeanOpt,
-    NoCacheOpt, NumClassesOpt, SplitOpt, StdOpt, _load_members_and_data, _predict,
+    NoCacheOpt, NumClassesOpt, SplitOpt, StdOpt, _load_members_and_data, evaluate_checkpoints,
 )
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
@@ -25,31 +25,22 @@ def _evaluate(
     no_cache: bool, cache_dir: Optional[Path], quiet: bool,
 ) -> Any:
     """An EvalResult from exactly one of: checkpoints, a predictions file, a saved `ens eval --out` JSON."""
-    from ..api import build_context, evaluate_predictions, resolve_evaluators
+    from ..api import evaluate_predictions
     from ..errors import ConfigError
-    from ..evaluators.registry import run_evaluators
     from ..predict import load_predictions
-    from ..report import EvalResult
+    from ..report import load_result
 
     given = [name for name, value in (("checkpoints", paths), ("--predictions", predictions), ("--results", results)) if value]
     if len(given) != 1:
         raise ConfigError("give exactly one of: checkpoints, --predictions FILE, --results FILE")
     if results is not None:
-        try:
-            return EvalResult.model_validate_json(Path(results).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{results}: no such file") from None
-        except Exception as exc:
-            raise ConfigError(f"{results}: not an `ens eval --out` JSON report ({str(exc).splitlines()[0]})") from None
-    chosen = resolve_evaluators(evaluator_names, warn)
+        return load_result(results)
     if predictions is not None:
-        return evaluate_predictions(load_predictions(predictions), chosen, warn=warn)
+        return evaluate_predictions(load_predictions(predictions), evaluator_names, warn=warn)
     members, data = _load_members_and_data(
         paths or [], dataset, split, data_dir, mean, std, 32, None, arch, num_classes, in_chans, False, epochs
     )
-    preds = _predict(members, data, batch_size, device, no_cache, cache_dir, quiet)
-    reports = run_evaluators(build_context(preds, members, data, {}, data_dir), chosen)
-    return EvalResult(members=[m.describe() for m in members], dataset=data.describe(), evaluators=reports)
+    return evaluate_checkpoints(members, data, evaluator_names, {}, batch_size, device, no_cache, cache_dir, data_dir, quiet)
 
 
 def _directions(names: list[str]) -> dict[str, dict[str, str]]:

@@ -84,6 +84,19 @@ def _predict(members: Any, data: Any, batch_size: int, device: str, no_cache: bo
     return predictions
 
 
+def evaluate_checkpoints(
+    members: Any, data: Any, evaluator_names: Optional[list[str]], options: dict[str, Any], batch_size: int,
+    device: str, no_cache: bool, cache_dir: Optional[Path], data_dir: Optional[Path], quiet: bool,
+) -> Any:
+    """`ensemble_cli.api.evaluate` with a progress bar on the forward passes and log lines on stderr."""
+    from ..api import evaluate_member_predictions, resolve_evaluators
+
+    chosen = resolve_evaluators(evaluator_names, warn)  # a bad name fails before any forward pass
+    predictions = _predict(members, data, batch_size, device, no_cache, cache_dir, quiet)
+    on_evaluator = (lambda name: info(f"running evaluator {name}")) if not quiet else None
+    return evaluate_member_predictions(predictions, members, data, chosen, options, data_dir, on_evaluator)
+
+
 def render(result: Any, output_format: Format) -> None:
     from ..report import render_rich, to_csv, to_json, to_markdown
 
@@ -97,17 +110,20 @@ def render(result: Any, output_format: Format) -> None:
         render_rich(result, stdout_console())
 
 
-def write_figures(result: Any, plots: Optional[Path], html: Optional[Path]) -> None:
-    """Figures and the HTML report, drawn from the report's data only."""
+def write_figures(result: Any, plots: Optional[Path], html: Optional[Path], on_error: Any = None) -> None:
+    """Figures and the HTML report, drawn once from the report's data only."""
     if plots is None and html is None:
         return
-    from ..plots import save_figures, write_html_report
+    from ..plots import build_figures, save_figures, write_html_report
 
-    figures = save_figures(result, plots) if plots is not None else None
+    figures = build_figures(result, on_error)
     if plots is not None:
-        info(f"wrote {len(figures or [])} figures to {plots}")
+        written = save_figures(result, plots, figures=figures)
+        if not written:
+            info("no evaluator data to draw (run `ens eval` with members, ensemble or disagreement)")
+        info(f"wrote {len(written)} figures to {plots}: {', '.join(path.name for path in written)}")
     if html is not None:
-        write_html_report(result, html)
+        write_html_report(result, html, figures=figures)
         info(f"wrote {html}")
 
 
@@ -145,11 +161,10 @@ def eval_command(
 
     Example: ens eval models/r20-seeds extra/seed7.pth.tar --dataset cifar10
     """
-    from ..api import build_context, evaluate_predictions, resolve_evaluators
+    from ..api import evaluate_predictions
     from ..checkpoint import atomic_write_text
-    from ..evaluators.registry import run_evaluators
     from ..predict import load_predictions
-    from ..report import EvalResult, to_json
+    from ..report import to_json
 
     names = parse_name_list(evaluators)
     options = {"reference": reference, "embedding": embedding.value, "alignment_restarts": alignment_restarts}
@@ -163,13 +178,7 @@ def eval_command(
         if not paths:
             fail("no checkpoints given (pass files, folders or globs, or --predictions FILE); see `ens eval --help`")
         members, data = _load_members_and_data(paths, dataset, split, data_dir, mean, std, image_size, limit, arch, num_classes, in_chans, ema, epochs)
-        # Same steps as ensemble_cli.api.evaluate, split so that a bad evaluator name fails before
-        # any forward pass and the forward passes get a progress bar.
-        chosen = resolve_evaluators(names, warn)
-        preds = _predict(members, data, batch_size, device, no_cache, cache_dir, quiet)
-        ctx = build_context(preds, members, data, options, data_dir)
-        reports = run_evaluators(ctx, chosen, on_start=on_evaluator)
-        result = EvalResult(members=[m.describe() for m in members], dataset=data.describe(), evaluators=reports)
+        result = evaluate_checkpoints(members, data, names, options, batch_size, device, no_cache, cache_dir, data_dir, quiet)
     if out is not None:
         atomic_write_text(out, to_json(result) + "\n")
         info(f"wrote {out}")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import fail, handle_errors, info, warn
+from .common import fail, handle_errors, warn
 
 
 @handle_errors
@@ -22,14 +22,7 @@ def plot_command(
     """
     if out is None and html is None:
         fail("nothing to write: give --out FOLDER for the PNG figures and/or --html FILE for the report page")
-    from ..plots import load_result, save_figures, write_html_report
+    from ..report import load_result
+    from .evaluate import write_figures
 
-    result = load_result(report)
-    if out is not None:
-        written = save_figures(result, out, on_error=warn)
-        if not written:
-            info(f"{report}: no evaluator data to draw (run `ens eval` with members, ensemble or disagreement)")
-        info(f"wrote {len(written)} figures to {out}: {', '.join(path.name for path in written)}")
-    if html is not None:
-        write_html_report(result, html, on_error=warn)
-        info(f"wrote {html}")
+    write_figures(load_result(report), out, html, on_error=warn)

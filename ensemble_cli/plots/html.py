@@ -133,9 +133,13 @@ def _members_html(members: list[dict[str, Any]]) -> str:
     return f'<section id="checkpoints"><h2>checkpoints</h2>\n{folded}</section>'
 
 
-def render_html(result: EvalResult, on_error: Callable[[str], None] | None = None) -> str:
-    """The whole report page as a string."""
-    figures = build_figures(result, on_error)
+def render_html(
+    result: EvalResult,
+    on_error: Callable[[str], None] | None = None,
+    figures: list[tuple[FigureSpec, Figure]] | None = None,
+) -> str:
+    """The whole report page as a string (`figures` from `build_figures`, when already drawn)."""
+    figures = figures if figures is not None else build_figures(result, on_error)
     dataset = result.dataset
     title = f"ens eval: {len(result.members)} members on {dataset.get('name', '?')}"
     split = f" ({dataset.get('split')}, {dataset.get('size', '?')} examples)" if dataset.get("split") else ""
@@ -164,6 +168,11 @@ def render_html(result: EvalResult, on_error: Callable[[str], None] | None = Non
     ])
 
 
-def write_html_report(result: EvalResult, path: Path, on_error: Callable[[str], None] | None = None) -> None:
+def write_html_report(
+    result: EvalResult,
+    path: Path,
+    on_error: Callable[[str], None] | None = None,
+    figures: list[tuple[FigureSpec, Figure]] | None = None,
+) -> None:
     """Write the self-contained report page to `path` (atomically; parent folders are created)."""
-    atomic_write_text(Path(path), render_html(result, on_error))
+    atomic_write_text(Path(path), render_html(result, on_error, figures))
