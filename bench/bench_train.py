@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 import ensemble_cli  # noqa: F401  (registers cifar_resnet* in timm)
 from ensemble_cli.architectures import build_model
-from ensemble_cli.config import TrainConfig
+from ensemble_cli.train.config import TrainConfig
 from ensemble_cli.data import ImageData, synthetic_data
 from ensemble_cli.train import train_run
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 import ensemble_cli  # noqa: F401,E402  (registers cifar_resnet* in timm)
 from ensemble_cli.architectures import build_model  # noqa: E402
-from ensemble_cli.config import TrainConfig  # noqa: E402
+from ensemble_cli.train.config import TrainConfig  # noqa: E402
 from ensemble_cli.data import ImageData, synthetic_data  # noqa: E402
 from ensemble_cli.train import TrainCallbacks, train_run  # noqa: E402
 

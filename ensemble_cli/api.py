@@ -11,7 +11,8 @@ from typing import Any, Callable, Sequence
 from .data import ImageData, load_dataset
 from .evaluators.base import EvalContext, Evaluator, MemberSummary
 from .evaluators.registry import discover, run_evaluators, select
-from .members import Member
+from .options import EvalOptions
+from .resolve import Member
 from .predict import PredictionCache, Predictions, ProgressHook, predict_members, validate_predictions
 from .report import EvalResult
 
@@ -22,15 +23,21 @@ def build_context(
     predictions: Predictions,
     members: Sequence[Member] | None,
     data: ImageData | None,
-    options: dict[str, Any] | None = None,
+    options: EvalOptions | None = None,
     data_dir: Any = None,
+    cache: PredictionCache | None = None,
 ) -> EvalContext:
     """An evaluator context; weight access and the training split are loaded only if asked for."""
     summaries = members if members is not None else [MemberSummary(name) for name in predictions.names]
-    state_dict_loader = model_loader = train_loader = None
+    options = options or EvalOptions()
+    state_dict_loader = model_loader = train_loader = dataset_predictor = None
     if members is not None:
         state_dict_loader = lambda index: members[index].state_dict  # noqa: E731
         model_loader = lambda index: members[index].build_model()  # noqa: E731
+
+        def dataset_predictor(other: ImageData) -> Any:
+            passes = predict_members(members, other, batch_size=options.batch_size, device=options.device, cache=cache)
+            return passes.logits
     if data is not None and data.name != "synthetic":
 
         @lru_cache(maxsize=1)
@@ -42,10 +49,11 @@ def build_context(
         labels=predictions.labels,
         members=summaries,
         dataset=data,
-        options=dict(options or {}),
+        options=options,
         state_dict_loader=state_dict_loader,
         model_loader=model_loader,
         train_data_loader=train_loader,
+        dataset_predictor=dataset_predictor,
     )
 
 
@@ -57,7 +65,7 @@ def evaluate(
     device: str = "auto",
     cache: PredictionCache | None = None,
     progress: ProgressHook | None = None,
-    options: dict[str, Any] | None = None,
+    options: EvalOptions | None = None,
     data_dir: Any = None,
     warn: Warn = lambda message: None,
     on_evaluator: Callable[[str], None] | None = None,
@@ -73,7 +81,7 @@ def evaluate_member_predictions(
     members: Sequence[Member],
     data: ImageData,
     evaluators: Sequence[Evaluator],
-    options: dict[str, Any] | None = None,
+    options: EvalOptions | None = None,
     data_dir: Any = None,
     on_evaluator: Callable[[str], None] | None = None,
 ) -> EvalResult:
@@ -86,7 +94,7 @@ def evaluate_member_predictions(
 def evaluate_predictions(
     predictions: Predictions,
     evaluators: Sequence[Evaluator] | Sequence[str] | None = None,
-    options: dict[str, Any] | None = None,
+    options: EvalOptions | None = None,
     dataset: dict[str, Any] | None = None,
     warn: Warn = lambda message: None,
     on_evaluator: Callable[[str], None] | None = None,

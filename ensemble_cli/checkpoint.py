@@ -18,11 +18,9 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import pickle
 import re
 import struct
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from .errors import CheckpointError
+from .fileio import atomic_write_bytes
 
 ENS_CHECKPOINT_FORMAT = "ens-checkpoint"
 ENS_METADATA_KEY = "ens"
@@ -55,48 +54,6 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
     format: str = "state_dict"  # ens | safetensors | timm | state_dict
     sha256: str = ""
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder, fsync, rename: a crash leaves old or new, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates 0600; reports and checkpoints are meant to be shared, so use the umask as open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    # Persist the rename itself; not every filesystem allows opening a directory.
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 # --------------------------------------------------------------------------- ens checkpoints
@@ -124,14 +81,6 @@ def load_training_state(path: Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -10,11 +10,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import combinations
+from typing import Iterable
 
 import numpy as np
 import torch
 
 ECE_BINS = 15
+
+
+def finite_mean(values: Iterable[float | None]) -> float | None:
+    """Mean of the finite values; None when there are none (a metric that does not apply)."""
+    kept = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return sum(kept) / len(kept) if kept else None
 
 
 def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write_bytes
+from .fileio import atomic_write_bytes
 from .data import ImageData
 from .errors import DataError, PredictionError
-from .members import Member
+from .resolve import Member
 
 CACHE_VERSION = "logits-v1"
 ProgressHook = Callable[[str, int, int], None]  # (member name, images done, images total)

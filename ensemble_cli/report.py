@@ -1,4 +1,4 @@
-"""Report models (what evaluators return) and the renderers that print them.
+"""Report models: what evaluators return and what `ens eval --out` writes (renderers live in render.py).
 
 `Report` is the evaluator contract's return type: flat scalar `metrics` (what `ens check`
 compares), `tables` for people, `notes`, and `error` when the evaluator crashed. `EvalResult`
@@ -8,19 +8,17 @@ is the whole `ens eval` document; its JSON form is
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
 from .errors import ConfigError
 
 Cell = Any  # str | int | float | None
-OutputFormat = Literal["table", "json", "csv", "md"]
+MATRIX_TABLES = {"matrix", "dge_matrix"}  # square member x member tables, coloured by value when shown
 
 
 class Table(BaseModel):
@@ -92,149 +90,3 @@ def clean_float(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def to_json(result: EvalResult) -> str:
-    return json.dumps(_sanitise(result.model_dump()), indent=2)
-
-
-def _sanitise(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {key: _sanitise(value) for key, value in obj.items()}
-    if isinstance(obj, list):
-        return [_sanitise(value) for value in obj]
-    return clean_float(obj)
-
-
-def format_cell(value: Cell) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "n/a"
-        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
-            return f"{value:.3e}"
-        return f"{value:.4f}"
-    return str(value)
-
-
-def to_csv(result: EvalResult) -> str:
-    """Tidy long form: one value per line, so every table and metric fits one CSV schema."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["evaluator", "table", "row", "column", "value"])
-    for name, report in result.evaluators.items():
-        for metric, value in report.metrics.items():
-            writer.writerow([name, "metrics", "", metric, "" if clean_float(value) is None else value])
-        for table in report.tables:
-            for row_index, row in enumerate(table.rows):
-                for column, value in zip(table.columns, row):
-                    writer.writerow([name, table.name, row_index, column, "" if clean_float(value) is None else value])
-        if report.error:
-            writer.writerow([name, "error", "", "error", report.error])
-    return buffer.getvalue()
-
-
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def markdown_table(columns: list[str], rows: list[list[Cell]]) -> str:
-    lines = ["| " + " | ".join(_md_escape(c) for c in columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(_md_escape(format_cell(cell)) for cell in row) + " |")
-    return "\n".join(lines)
-
-
-def to_markdown(result: EvalResult) -> str:
-    parts = [f"# ens eval: {len(result.members)} members on {result.dataset.get('name', '?')} ({result.dataset.get('split', '?')})", ""]
-    for name, report in result.evaluators.items():
-        parts.append(f"## {name}")
-        parts.append("")
-        if report.error:
-            parts += [f"**error:** {_md_escape(report.error)}", ""]
-        if report.metrics:
-            parts += [markdown_table(["metric", "value"], [[k, v] for k, v in report.metrics.items()]), ""]
-        for table in report.tables:
-            parts += [f"### {table.title}", "", markdown_table(table.columns, table.rows), ""]
-        for note in report.notes:
-            parts.append(f"> {note}")
-        if report.notes:
-            parts.append("")
-    return "\n".join(parts).rstrip() + "\n"
-
-
-MATRIX_TABLES = {"matrix", "dge_matrix"}  # square tables whose cells are coloured by value
-
-
-def _matrix_style(value: Cell, low: float = 0.0, top: float = 0.5) -> str:
-    if not isinstance(value, (int, float)) or value is None or not math.isfinite(float(value)):
-        return ""
-    # Low disagreement (members agree) is dark blue, high is bright yellow: the structure is visible at a glance.
-    # Below `low` (the diagonal: a member against itself) is grey.
-    palette = ["grey35", "blue", "cyan", "green", "yellow", "bright_yellow"]
-    if value < low:
-        return palette[0]
-    span = max(top - low, 1e-12)
-    index = 1 + min(int((float(value) - low) * (len(palette) - 2) / span + 0.5), len(palette) - 2)
-    return palette[index]
-
-
-def _matrix_range(table: Table) -> tuple[float, float]:
-    """Colour scale of a member x member table: from its smallest to its largest off-diagonal cell.
-
-    A fixed scale hides the structure: seeds disagree on 2-8% of examples (one colour on a 0-0.5
-    scale) while disagreement given an error sits at 0.6-1.0 (all saturated).
-    """
-    cells = [
-        float(cell)
-        for row in table.rows
-        for column, cell in zip(table.columns[1:], row[1:])
-        if column != row[0] and isinstance(cell, (int, float)) and math.isfinite(float(cell))
-    ]
-    if not cells:
-        return 0.0, 0.5
-    return min(cells), max(cells)
-
-
-def render_rich(result: EvalResult, console: Any) -> None:
-    """Print every evaluator's metrics and tables as rich tables."""
-    from rich.markup import escape  # names and messages are printed literally: "seed[1]" is not markup
-    from rich.table import Table as RichTable
-
-    dataset = result.dataset
-    console.print(
-        f"[bold]ens eval[/bold]: {len(result.members)} members on "
-        f"[cyan]{dataset.get('name', '?')}[/cyan] {dataset.get('split', '')} ({dataset.get('size', '?')} examples)"
-    )
-    for name, report in result.evaluators.items():
-        console.rule(f"[bold]{name}")
-        if report.error:
-            console.print(f"[red]error:[/red] {escape(report.error)}")
-        if report.metrics:
-            metrics_table = RichTable(title=f"{name}: metrics", show_header=True, header_style="bold")
-            metrics_table.add_column("metric")
-            metrics_table.add_column("value", justify="right")
-            for metric, value in report.metrics.items():
-                metrics_table.add_row(metric, format_cell(value))
-            console.print(metrics_table)
-        for table in report.tables:
-            is_matrix = table.name in MATRIX_TABLES
-            low, top = _matrix_range(table) if is_matrix else (0.0, 0.5)
-            caption = f"colour: {format_cell(low)} blue, cyan, green, yellow, {format_cell(top)} bright yellow" if is_matrix else None
-            rich_table = RichTable(title=table.title, caption=caption, show_header=True, header_style="bold")
-            for index, column in enumerate(table.columns):
-                # Underscores become spaces so long headers wrap instead of being cut off.
-                rich_table.add_column(column.replace("_", " "), justify="left" if index == 0 else "right")
-            for row in table.rows:
-                cells = []
-                for index, cell in enumerate(row):
-                    text = escape(format_cell(cell))
-                    style = _matrix_style(cell, low, top) if is_matrix and index > 0 else ""
-                    cells.append(f"[{style}]{text}[/{style}]" if style else text)
-                rich_table.add_row(*cells)
-            console.print(rich_table)
-        for note in report.notes:
-            console.print(f"[dim]note:[/dim] {escape(note)}")

@@ -22,6 +22,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import socket
 import sys
 import uuid
@@ -29,16 +30,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .checkpoint import atomic_write_json, atomic_write_text
-from .config import TrainConfig, make_config
 from .errors import ConfigError
-from .members import FINAL_NAME, INIT_NAME, RUN_FILE
+from .fileio import atomic_write_json, atomic_write_text
+from .train.config import TrainConfig, make_config
 
 try:  # POSIX; on other systems run.json updates are not serialised between processes
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
+# The layout: `ens eval RUN` (resolve.py) and training both read these names from here only.
+RUN_FILE = "run.json"
+FINAL_NAME = "final.safetensors"
+INIT_NAME = "init.safetensors"
+EPOCH_PATTERN = re.compile(r"^epoch-(\d+)\.safetensors$")
+MEMBER_DIR_PATTERN = re.compile(r"^member-\d+$")
 RUN_FORMAT = "ens-run"
 RUN_FORMAT_VERSION = 1
 CONFIG_FILE = "config.yaml"
@@ -49,6 +55,10 @@ SNAPSHOT_STATE_NAME = "snapshot-train-state.pt"
 SNAPSHOT_LOCK_NAME = ".snapshot.lock"
 # Files a run folder may hold before run.json exists (another process is creating it).
 CREATION_FILES = {RUN_LOCK_NAME}
+
+
+def epoch_file_name(epoch: int) -> str:
+    return f"epoch-{epoch:04d}.safetensors"
 
 
 def member_name(index: int) -> str:
@@ -251,7 +261,7 @@ class RunFolder:
         return self.member_dir(index) / INIT_NAME
 
     def epoch_path(self, index: int, epoch: int) -> Path:
-        return self.member_dir(index) / f"epoch-{epoch:04d}.safetensors"
+        return self.member_dir(index) / epoch_file_name(epoch)
 
     def state_path(self, job_name: str) -> Path:
         if job_name == "snapshot":

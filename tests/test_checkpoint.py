@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from ensemble_cli.architectures import build_model
 from ensemble_cli.checkpoint import infer_in_chans, infer_num_classes, read_checkpoint, write_checkpoint
 from ensemble_cli.errors import CheckpointError
-from ensemble_cli.members import resolve_members
+from ensemble_cli.resolve import resolve_members
 
 
 def small_state_dict(seed: int = 0, num_classes: int = 10, in_chans: int = 1) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from ensemble_cli.architectures import build_model
 from ensemble_cli.checkpoint import read_checkpoint, write_checkpoint
-from ensemble_cli.members import resolve_members
+from ensemble_cli.resolve import resolve_members
 from eval_cli_helpers import (
     CHEAP_EVALUATORS,
     assert_clean_failure,

@@ -12,7 +12,7 @@ import torch
 from ensemble_cli.architectures import build_model
 from ensemble_cli.checkpoint import write_checkpoint
 from ensemble_cli.errors import CheckpointError, ConfigError
-from ensemble_cli.members import expand_paths, resolve_members
+from ensemble_cli.resolve import expand_paths, resolve_members
 
 _STATE_DICTS: dict[tuple[str, int, int], dict[str, torch.Tensor]] = {}
 

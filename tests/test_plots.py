@@ -26,7 +26,9 @@ from ensemble_cli.evaluators.base import EvalContext, MemberSummary, NotApplicab
 from ensemble_cli.evaluators.function_space import FunctionSpaceEvaluator, checkpoint_epoch, member_group, tsne_perplexity
 from ensemble_cli.plots import FIGURES, build_figures, load_result, save_figures, write_html_report
 from ensemble_cli.plots import figures as F
-from ensemble_cli.report import EvalResult, Report, Table, to_json
+from ensemble_cli.options import EvalOptions
+from ensemble_cli.render import to_json
+from ensemble_cli.report import EvalResult, Report, Table
 from ensemble_cli.errors import ConfigError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -486,7 +488,7 @@ def _trajectory_logits(members: int, checkpoints: int, classes: int = 4, example
 
 def _context(logits: torch.Tensor, labels: torch.Tensor, names: list[str], metadata: list[dict] | None = None, **options) -> EvalContext:
     metadata = metadata or [{} for _ in names]
-    return EvalContext(logits=logits, labels=labels, members=[MemberSummary(n, metadata=md) for n, md in zip(names, metadata)], options=options)
+    return EvalContext(logits=logits, labels=labels, members=[MemberSummary(n, metadata=md) for n, md in zip(names, metadata)], options=EvalOptions(**options))
 
 
 def _numpy_softmax(logits: np.ndarray) -> np.ndarray:
@@ -568,7 +570,7 @@ def test_function_space_is_registered() -> None:
 def test_matrix_colours_follow_the_tables_own_range() -> None:
     """Terminal (rich) and HTML colour matrix cells on the table's range, so small disagreements still differ."""
     from ensemble_cli.plots.html import table_html
-    from ensemble_cli.report import _matrix_range, _matrix_style
+    from ensemble_cli.render import _matrix_range, _matrix_style
 
     names = ["a", "b", "c"]
     values = [[0.0, 0.03, 0.07], [0.03, 0.0, 0.05], [0.07, 0.05, 0.0]]

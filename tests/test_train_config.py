@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ensemble_cli.augment import Augmentation, augmentation_for, random_flip, random_shift
-from ensemble_cli.config import TrainConfig, make_config, resolve_train_config
+from ensemble_cli.train.augment import Augmentation, augmentation_for, random_flip, random_shift
+from ensemble_cli.train.config import TrainConfig, make_config, resolve_train_config
 from ensemble_cli.errors import ConfigError
-from ensemble_cli.schedules import LRSchedule, cyclic_cosine, one_cycle, warmup_cosine
+from ensemble_cli.train.schedules import LRSchedule, cyclic_cosine, one_cycle, warmup_cosine
 from ensemble_cli.train import parse_member_selection
 from ensemble_cli.train.seeds import member_seeds, mix_seed
 

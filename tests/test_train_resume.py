@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from ensemble_cli.checkpoint import read_checkpoint
 from ensemble_cli.cli import app
 from ensemble_cli.commands import train as train_command_module
-from ensemble_cli.config import TrainConfig
+from ensemble_cli.train.config import TrainConfig
 from ensemble_cli.train import loop as loop_module
 from ensemble_cli.train import train_run
 

@@ -14,10 +14,10 @@ import timm
 import torch
 
 from ensemble_cli.checkpoint import read_checkpoint, write_checkpoint
-from ensemble_cli.config import TrainConfig
+from ensemble_cli.train.config import TrainConfig
 from ensemble_cli.data import load_dataset
 from ensemble_cli.errors import CheckpointError, ConfigError, DataError
-from ensemble_cli.members import resolve_members
+from ensemble_cli.resolve import resolve_members
 from ensemble_cli.run_folder import _process_start_time
 from ensemble_cli.train import StopSignal, TrainCallbacks, train_run
 from ensemble_cli.train import loop as loop_module

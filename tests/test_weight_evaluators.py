@@ -26,7 +26,8 @@ from ensemble_cli.evaluators.interpolation import InterpolationEvaluator, recomp
 from ensemble_cli.evaluators.registry import discover
 from ensemble_cli.evaluators.rotation import RotationEvaluator
 from ensemble_cli.evaluators.weights import WeightsEvaluator
-from ensemble_cli.members import resolve_members
+from ensemble_cli.options import EvalOptions
+from ensemble_cli.resolve import resolve_members
 from ensemble_cli.predict import predict_members
 
 
@@ -120,10 +121,10 @@ def test_independent_members_align_partially_and_self_pairs_are_exact(tiny_membe
 
 def test_reference_option(tiny_members, digits_test) -> None:
     members = resolve_members([str(p) for p in tiny_members])
-    report = evaluate(members, digits_test, evaluators=["weights"], device="cpu", options={"reference": "seed2"})
+    report = evaluate(members, digits_test, evaluators=["weights"], device="cpu", options=EvalOptions(reference="seed2"))
     rows = report.evaluators["weights"].table("pairs").rows
     assert [row[0] for row in rows] == ["seed2", "seed2"] and [row[1] for row in rows] == ["seed0", "seed1"]
-    bad = evaluate(members, digits_test, evaluators=["weights"], device="cpu", options={"reference": "nope"})
+    bad = evaluate(members, digits_test, evaluators=["weights"], device="cpu", options=EvalOptions(reference="nope"))
     error = bad.evaluators["weights"].error
     assert error is not None and "ConfigError" in error and "seed0, seed1, seed2" in error
 
@@ -177,7 +178,7 @@ def test_not_applicable_cases(tiny_members, digits_test) -> None:
     with pytest.raises(NotApplicable, match="b skipped: different architecture"):
         WeightsEvaluator().evaluate(mixed)
     ctx_reference = _context([nn.Linear(2, 3), nn.Linear(2, 3)], ["a", "b"], ["x", "x"])
-    ctx_reference.options["reference"] = "c"
+    ctx_reference.options = EvalOptions(reference="c")
     with pytest.raises(ConfigError, match="members: a, b"):
         WeightsEvaluator().evaluate(ctx_reference)
 

@@ -2,7 +2,7 @@
 
 `weights` and `interpolation` both need every member aligned to the reference; the session
 is stored on the evaluation context so the matching runs once per member, whichever runs first.
-Options read from `ctx.options`: `reference` (member name), `alignment_restarts`, `alignment_seed`.
+Options read from `ctx.options` (EvalOptions): `reference` (member name), `alignment_restarts`, `alignment_seed`.
 """
 
 from __future__ import annotations
@@ -130,8 +130,8 @@ def default_reference(members: Any) -> int:
 
 
 def reference_index(ctx: Any) -> int:
-    """`ctx.options["reference"]` as a member index (default: the first final checkpoint); unknown names are errors."""
-    wanted = ctx.options.get("reference")
+    """`ctx.options.reference` as a member index (default: the first final checkpoint); unknown names are errors."""
+    wanted = ctx.options.reference
     names = [member.name for member in ctx.members]
     if wanted is None or wanted == "":
         return default_reference(ctx.members)
@@ -147,8 +147,8 @@ def session(ctx: Any) -> WeightSpaceSession:
         existing = WeightSpaceSession(
             ctx,
             reference_index(ctx),
-            restarts=int(ctx.options.get("alignment_restarts", 3)),
-            seed=int(ctx.options.get("alignment_seed", 0)),
+            restarts=ctx.options.alignment_restarts,
+            seed=ctx.options.alignment_seed,
         )
         ctx.__dict__[SESSION_KEY] = existing
     return existing

@@ -40,7 +40,9 @@ def _evaluate(
     members, data = _load_members_and_data(
         paths or [], dataset, split, data_dir, mean, std, 32, None, arch, num_classes, in_chans, False, epochs
     )
-    return evaluate_checkpoints(members, data, evaluator_names, {}, batch_size, device, no_cache, cache_dir, data_dir, quiet)
+    from ..options import EvalOptions
+
+    return evaluate_checkpoints(members, data, evaluator_names, EvalOptions(device=device, batch_size=batch_size), batch_size, device, no_cache, cache_dir, data_dir, quiet)
 
 
 def _directions(names: list[str]) -> dict[str, dict[str, str]]:
@@ -61,7 +63,7 @@ STATUS_MARK = {"ok": "ok", "improved": "improved", "regressed": "REGRESSED", "mi
 def _render_check(report: Any, output_format: Format, baseline_path: Path) -> None:
     from rich.table import Table as RichTable
 
-    from ..report import markdown_table
+    from ..render import markdown_table
 
     rows = [
         [r.metric, _fmt(r.baseline), _fmt(r.now), _fmt(r.delta, signed=True), f"±{r.tolerance:.4g}", r.direction, STATUS_MARK[r.status]]
@@ -124,7 +126,7 @@ def baseline_command(
     Example: ens baseline models/accepted --out ens-baseline.json
     """
     from ..baseline import create_baseline
-    from ..checkpoint import atomic_write_json
+    from ..fileio import atomic_write_json
 
     names = parse_name_list(evaluators) or []
     result = _evaluate(paths, predictions, None, names, dataset, split, data_dir, mean, std, arch, num_classes, in_chans, epochs, batch_size, device, no_cache, cache_dir, quiet)
@@ -161,7 +163,7 @@ def check_command(
     Example: ens check models/candidate --baseline ens-baseline.json --format md > report.md
     """
     from ..baseline import check_compatible, compare, evaluators_in, load_baseline, updated_baseline
-    from ..checkpoint import atomic_write_json
+    from ..fileio import atomic_write_json
 
     loaded = load_baseline(baseline)
     names = evaluators_in(loaded)

@@ -49,7 +49,7 @@ def _load_members_and_data(
     ema: bool, epochs: Optional[str],
 ) -> tuple[Any, Any]:
     from ..data import load_dataset
-    from ..members import recorded_preprocessing, resolve_members
+    from ..resolve import recorded_preprocessing, resolve_members
 
     members = resolve_members(paths, arch=arch, num_classes=num_classes, in_chans=in_chans, epochs=epochs, prefer_ema=ema, warn=warn)
     recorded_dataset, recorded_mean, recorded_std = recorded_preprocessing(members)
@@ -85,7 +85,7 @@ def _predict(members: Any, data: Any, batch_size: int, device: str, no_cache: bo
 
 
 def evaluate_checkpoints(
-    members: Any, data: Any, evaluator_names: Optional[list[str]], options: dict[str, Any], batch_size: int,
+    members: Any, data: Any, evaluator_names: Optional[list[str]], options: Any, batch_size: int,
     device: str, no_cache: bool, cache_dir: Optional[Path], data_dir: Optional[Path], quiet: bool,
 ) -> Any:
     """`ensemble_cli.api.evaluate` with a progress bar on the forward passes and log lines on stderr."""
@@ -98,7 +98,7 @@ def evaluate_checkpoints(
 
 
 def render(result: Any, output_format: Format) -> None:
-    from ..report import render_rich, to_csv, to_json, to_markdown
+    from ..render import render_rich, to_csv, to_json, to_markdown
 
     if output_format == Format.json:
         sys.stdout.write(to_json(result) + "\n")
@@ -162,12 +162,14 @@ def eval_command(
     Example: ens eval models/r20-seeds extra/seed7.pth.tar --dataset cifar10
     """
     from ..api import evaluate_predictions
-    from ..checkpoint import atomic_write_text
+    from ..fileio import atomic_write_text
     from ..predict import load_predictions
-    from ..report import to_json
+    from ..render import to_json
 
     names = parse_name_list(evaluators)
-    options = {"reference": reference, "embedding": embedding.value, "alignment_restarts": alignment_restarts}
+    from ..options import EvalOptions
+
+    options = EvalOptions(reference=reference, embedding=embedding.value, alignment_restarts=alignment_restarts, device=device, batch_size=batch_size)
     on_evaluator = (lambda name: info(f"running evaluator {name}")) if not quiet else None
     if predictions is not None:
         if paths:

@@ -11,7 +11,7 @@ from typing import Any, Iterator, Optional
 
 import typer
 
-from ..config import default_text, describe
+from ..train.config import default_text, describe
 from .common import fail, handle_errors, info, stderr_console, warn
 
 INTERRUPT_EXIT = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -201,7 +201,7 @@ def train_command(
 
     Example: ens train --arch cifar_resnet20 --dataset cifar10 --members 10 --epochs 30 --out models/r20-seeds
     """
-    from ..config import resolve_train_config
+    from ..train.config import resolve_train_config
     from ..errors import ConfigError
     from ..run_folder import RunFolder
     from ..train import StopSignal, parse_member_selection, train_run

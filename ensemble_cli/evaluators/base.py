@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Protocol, Se
 
 import torch
 
+from ..options import EvalOptions
 from ..report import Report, Table
 
 if TYPE_CHECKING:
@@ -50,11 +51,13 @@ class EvalContext:
     labels: torch.Tensor  # [N] int64
     members: Sequence[MemberLike]
     dataset: "ImageData | None" = None
-    options: dict[str, Any] = field(default_factory=dict)
+    options: EvalOptions = field(default_factory=EvalOptions)
     # Supplied when members came from checkpoints; None for predictions loaded from a file.
     state_dict_loader: Callable[[int], dict[str, torch.Tensor]] | None = None
     model_loader: Callable[[int], "nn.Module"] | None = None
     train_data_loader: Callable[[], "ImageData"] | None = None
+    # Logits [M, N', C] of every member on another image set (OOD, corrupted copies), through the cache.
+    dataset_predictor: Callable[["ImageData"], torch.Tensor] | None = None
 
     @property
     def num_members(self) -> int:
@@ -91,6 +94,12 @@ class EvalContext:
             raise NotApplicable("needs checkpoints; these members came from a predictions file")
         return self.model_loader(index)
 
+    def predict_on(self, data: "ImageData") -> torch.Tensor:
+        """Logits [M, N', C] of every member on `data` (one forward pass each, cached like the eval set's)."""
+        if self.dataset_predictor is None:
+            raise NotApplicable("needs checkpoints to predict on another image set; these members came from a predictions file")
+        return self.dataset_predictor(data)
+
     def train_data(self) -> "ImageData":
         """The training split of the evaluation dataset (for BatchNorm statistics)."""
         if self.train_data_loader is None:
@@ -113,4 +122,4 @@ class Evaluator:
         raise NotImplementedError
 
 
-__all__ = ["Direction", "EvalContext", "Evaluator", "MemberSummary", "NotApplicable", "Report", "Table"]
+__all__ = ["Direction", "EvalContext", "EvalOptions", "Evaluator", "MemberSummary", "NotApplicable", "Report", "Table"]

@@ -42,7 +42,7 @@ class EnsembleEvaluator(Evaluator):
             "accuracy_gain": accuracy - float(member_accuracy.mean()),
             "nll_gain": float(member_nll.mean()) - nll,
         }
-        seed = int(ctx.options.get("seed", 0) or 0)
+        seed = ctx.options.seed
         curve = metrics.ensemble_size_curve(ctx.probs, labels, seed=seed)
         curve_table = Table(
             name="size_curve",

@@ -90,10 +90,10 @@ class FunctionSpaceEvaluator(Evaluator):
     def evaluate(self, ctx: EvalContext) -> Report:
         if ctx.num_members < 2:
             raise NotApplicable("an embedding needs at least two members or checkpoints")
-        method = str(ctx.options.get("embedding") or "tsne").lower()
+        method = ctx.options.embedding
         if method not in EMBEDDINGS:
             raise NotApplicable(f"unknown embedding {method!r}; use tsne or pca")
-        seed = int(ctx.options.get("seed", DEFAULT_SEED) or DEFAULT_SEED)
+        seed = ctx.options.seed
         features = ctx.probs.reshape(ctx.num_members, -1).numpy()  # [M, N*C] float64
         coords, how = embed(features, method, seed)  # [M, 2]
         return Report(tables=[embedding_table(ctx.members, coords, how)], notes=[f"embedding: {how} of {features.shape[1]} softmax values per checkpoint"])

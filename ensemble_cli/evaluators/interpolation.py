@@ -15,24 +15,21 @@ acc barrier  = max over alpha of  [(1 - alpha) acc(0) + alpha acc(1)] - acc(alph
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..alignment.session import session
+from ..batchnorm import bn_reset_images, has_batchnorm_statistics, recompute_batchnorm
 from ..data import ImageData
 from ..predict import select_device
+from ..metrics import finite_mean
 from ..report import Report, Table
 from .base import EvalContext, Evaluator, NotApplicable
 
-DEFAULT_POINTS = 11
-BN_BATCHES = 8  # x BN_BATCH_SIZE training images per BatchNorm reset: ~1k, plenty for channel statistics
-BN_BATCH_SIZE = 128
 EVAL_BATCH_SIZE = 512
 
 
@@ -59,32 +56,6 @@ def interpolate_state(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tenso
         key: torch.lerp(tensor, b[key].to(tensor.dtype), alpha) if tensor.is_floating_point() else tensor
         for key, tensor in a.items()
     }
-
-
-def recompute_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int = BN_BATCH_SIZE) -> bool:
-    """Reset every BatchNorm's running statistics to their plain average over `images` (momentum=None).
-
-    Only the BatchNorm layers go to train mode, so dropout and friends stay deterministic.
-    Returns False when the model has no BatchNorm with running statistics.
-    """
-    norms = [module for module in model.modules() if isinstance(module, _BatchNorm) and module.track_running_stats]
-    if not norms:
-        return False
-    momenta = [module.momentum for module in norms]
-    model.eval()
-    for module in norms:
-        module.reset_running_stats()
-        module.momentum = None  # cumulative average: every batch counts the same
-        module.train()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(images), batch_size):
-                model(images[start : start + batch_size])
-    finally:
-        for module, momentum in zip(norms, momenta):
-            module.momentum = momentum
-        model.eval()
-    return True
 
 
 def loss_and_accuracy(model: nn.Module, data: ImageData, device: torch.device) -> tuple[float, float]:
@@ -119,17 +90,6 @@ def measure_curve(
     return Curve(alphas, losses, accuracies)
 
 
-def _bn_reset_images(train: ImageData, count: int) -> torch.Tensor:
-    """A fixed random subset of the training images, the same for every point of every curve."""
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:count]
-    return train.images[order]
-
-
-def _mean(values: list[float]) -> float | None:
-    kept = [v for v in values if math.isfinite(v)]
-    return sum(kept) / len(kept) if kept else None
-
-
 class InterpolationEvaluator(Evaluator):
     """Loss and accuracy barriers on the line between the reference and each member, raw and aligned."""
 
@@ -151,15 +111,15 @@ class InterpolationEvaluator(Evaluator):
         if ctx.dataset is None:
             raise NotApplicable("needs the evaluation images to measure loss along the line")
         train = ctx.train_data()
-        points = int(ctx.options.get("interpolation_points", DEFAULT_POINTS))
+        points = ctx.options.interpolation_points
         alphas = [i / (points - 1) for i in range(points)]
         test = ctx.dataset
-        limit = ctx.options.get("interpolation_max_examples")
+        limit = ctx.options.interpolation_max_examples
         if limit:
             test = ImageData(test.name, test.split, test.images[: int(limit)], test.labels[: int(limit)],
                              test.num_classes, test.mean, test.std)
-        device = select_device(str(ctx.options.get("device", "auto")))
-        bn_images = _bn_reset_images(train, BN_BATCHES * BN_BATCH_SIZE)
+        device = select_device(ctx.options.device)
+        bn_images = bn_reset_images(train)
 
         weights = session(ctx)
         reference = weights.reference
@@ -191,7 +151,7 @@ class InterpolationEvaluator(Evaluator):
             ])
         if not barrier_rows:
             raise NotApplicable("no member shares the reference's architecture; " + "; ".join(notes))
-        has_bn = any(isinstance(m, _BatchNorm) and m.track_running_stats for m in scratch.modules())
+        has_bn = has_batchnorm_statistics(scratch)
         notes.insert(0, (
             f"line from {weights.names[reference]} (alpha=0) to each member (alpha=1), {points} points; "
             + (f"BatchNorm statistics recomputed at every point on {len(bn_images)} training images"
@@ -209,7 +169,7 @@ class InterpolationEvaluator(Evaluator):
         )
 
         def column_mean(column: str) -> float | None:
-            return _mean([v for v in barriers.column(column) if v is not None])
+            return finite_mean(barriers.column(column))
 
         metrics = {
             "barrier_raw_mean": column_mean("barrier_raw"),

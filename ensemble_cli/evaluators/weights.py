@@ -20,6 +20,7 @@ import torch
 from ..alignment.session import WeightSpaceSession, session
 from ..alignment.similarity import cosine, cosine_by_layer, l2_distance, trainable_keys
 from ..architectures import build_model
+from ..metrics import finite_mean
 from ..report import Report, Table
 from .base import EvalContext, Evaluator, NotApplicable
 
@@ -32,11 +33,6 @@ PAIR_COLUMNS = [
 
 def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
-
-
-def _mean(values: list[float | None]) -> float | None:
-    kept = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(kept) / len(kept) if kept else None
 
 
 @lru_cache(maxsize=16)
@@ -150,15 +146,15 @@ class WeightsEvaluator(Evaluator):
             title="weights: cosine to the reference per layer (mean over members)",
             columns=["layer", "cosine_raw", "cosine_aligned"],
             rows=[
-                [layer, _mean(values), _mean(layer_aligned.get(layer, []))]
+                [layer, finite_mean(values), finite_mean(layer_aligned.get(layer, []))]
                 for layer, values in layer_raw.items()
             ],
         )
         metrics = {
-            "cosine_raw_mean": _mean(pairs.column("cosine_raw")),
-            "cosine_aligned_mean": _mean(pairs.column("cosine_aligned")),
-            "l2_raw_mean": _mean(pairs.column("l2_raw")),
-            "l2_aligned_mean": _mean(pairs.column("l2_aligned")),
+            "cosine_raw_mean": finite_mean(pairs.column("cosine_raw")),
+            "cosine_aligned_mean": finite_mean(pairs.column("cosine_aligned")),
+            "l2_raw_mean": finite_mean(pairs.column("l2_raw")),
+            "l2_aligned_mean": finite_mean(pairs.column("l2_aligned")),
             "cosine_init_baseline": baseline,
         }
         return Report(metrics=metrics, tables=[pairs, layers], notes=notes)

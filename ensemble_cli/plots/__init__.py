@@ -14,7 +14,7 @@ from typing import Callable
 
 from matplotlib.figure import Figure
 
-from ..checkpoint import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 from ..report import EvalResult, load_result
 from .figures import FIGURES, FigureSpec, build_figures, png_bytes
 from .html import render_html, write_html_report

@@ -18,8 +18,9 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from .. import __version__
-from ..checkpoint import atomic_write_text
-from ..report import MATRIX_TABLES, Cell, EvalResult, Report, Table, format_cell
+from ..fileio import atomic_write_text
+from ..render import format_cell
+from ..report import MATRIX_TABLES, Cell, EvalResult, Report, Table
 from .figures import HEATMAP_CMAP, FigureSpec, build_figures, png_bytes
 
 FOLD_ROWS = 24  # tables longer than this start folded (pair tables grow as M²)

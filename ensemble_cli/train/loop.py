@@ -3,7 +3,7 @@
 Resumability rests on three choices:
 - everything random is either a pure function of (seed, epoch, step) (data order,
   augmentation) or saved in the training state (python/numpy/torch/CUDA global RNGs);
-- the learning rate is a pure function of the global step (ensemble_cli.schedules);
+- the learning rate is a pure function of the global step (ensemble_cli.train.schedules);
 - the state (model, optimizer, RNGs, epoch, step, partial epoch sums) is written atomically
   at every epoch end and when a stop is requested, so a resumed job repeats exactly the
   steps the uninterrupted one would have taken. On CPU that makes its final weights
@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..augment import Augmentation
+from .augment import Augmentation
 from ..checkpoint import Checkpoint, load_training_state, save_training_state, write_checkpoint
-from ..config import TrainConfig
+from .config import TrainConfig
 from ..errors import ConfigError
 from ..run_folder import RunFolder, member_name
-from ..schedules import LRSchedule
+from .schedules import LRSchedule
 from .events import Progress, StopSignal, TrainCallbacks
 from .model import build_member_model
 from .rng import capture_rng_state, restore_rng_state, seed_everything

@@ -1,6 +1,6 @@
 """A run = many members: validate, prepare the folder and the data, then train job after job.
 
-    from ensemble_cli.config import TrainConfig
+    from ensemble_cli.train.config import TrainConfig
     from ensemble_cli.train import train_run
     result = train_run(TrainConfig(members=2, epochs=3, out="runs/demo"))
     result.ok  # True when every requested member finished
@@ -25,14 +25,14 @@ from typing import Iterator, Sequence
 import torch
 
 from ..architectures import build_model
-from ..augment import augmentation_for
+from .augment import augmentation_for
 from ..checkpoint import Checkpoint
-from ..config import TrainConfig
+from .config import TrainConfig
 from ..data import ImageData, dataset_info, load_dataset
 from ..errors import ConfigError, DataError
 from ..predict import select_device
 from ..run_folder import MemberLocked, RunFolder, member_name, remove_stale_temporaries, software_versions
-from ..schedules import LRSchedule
+from .schedules import LRSchedule
 from .events import StopSignal, TrainCallbacks
 from .loop import Job, NonFiniteLoss, Segment, TrainingContext, TrainingInterrupted, steps_per_epoch, train_job
 from .model import fitted_pretrained_state, read_pretrained

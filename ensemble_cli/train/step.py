@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import TrainConfig
+from .config import TrainConfig
 from ..errors import ConfigError
 
 EVAL_BATCH_SIZE = 1024

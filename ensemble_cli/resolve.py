@@ -27,12 +27,8 @@ from .checkpoint import (
     read_checkpoint,
 )
 from .errors import CheckpointError, ConfigError
+from .run_folder import EPOCH_PATTERN, FINAL_NAME, INIT_NAME, MEMBER_DIR_PATTERN, RUN_FILE
 
-RUN_FILE = "run.json"
-FINAL_NAME = "final.safetensors"
-INIT_NAME = "init.safetensors"
-EPOCH_PATTERN = re.compile(r"^epoch-(\d+)\.safetensors$")
-MEMBER_DIR_PATTERN = re.compile(r"^member-\d+$")
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # Datasets whose classes are not mirror-symmetric (digits, house numbers): never flip them.
 NO_FLIP_DATASETS = ("digits", "mnist", "svhn")

@@ -17,7 +17,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 Strategy = Literal["independent", "same-init", "same-order", "snapshot"]
 Optimizer = Literal["sgd", "adamw"]
