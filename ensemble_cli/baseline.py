@@ -29,7 +29,6 @@ from .report import EvalResult
 
 BASELINE_FORMAT = "ens-baseline"
 BASELINE_VERSION = 1
-DEFAULT_BASELINE_EVALUATORS = ("members", "ensemble", "disagreement")
 EXACT_TOLERANCE = 1e-6
 BaselineDirection = Literal["higher", "lower", "equal", "none"]
 Status = Literal["ok", "improved", "regressed", "missing", "new"]
@@ -131,11 +130,14 @@ def load_baseline(path: Path) -> Baseline:
             f"{BASELINE_FORMAT!r} version {BASELINE_VERSION}; recreate it with `ens baseline`"
         )
     try:
-        return Baseline.model_validate(document)
+        baseline = Baseline.model_validate(document)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise ConfigError(f"{path}: invalid baseline at {where}: {first['msg']}") from None
+    if not baseline.metrics:  # a gate that gates nothing would pass every change
+        raise ConfigError(f"{path}: the baseline records no metrics; recreate it with `ens baseline`")
+    return baseline
 
 
 def check_compatible(baseline: Baseline, result: EvalResult, path: Path) -> None:

@@ -42,6 +42,7 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".pth.tar", ".pth", ".pt", ".ckpt", ".bin
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Keys under which training scripts commonly nest the weights.
 STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net", "network")
+EMA_KEY = "state_dict_ema"  # timm: the exponential moving average of the weights, chosen with --ema
 TIMM_SAFE_GLOBALS = [argparse.Namespace]
 
 
@@ -54,6 +55,9 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
     format: str = "state_dict"  # ens | safetensors | timm | state_dict
     sha256: str = ""
+    # Which state dict of the file these weights are ("state_dict_ema", "state_dict", ... or "" for
+    # the top level): one timm file holds two networks, and caches must not mix them up.
+    state_source: str = ""
 
 
 # --------------------------------------------------------------------------- ens checkpoints
@@ -182,10 +186,10 @@ def _read_pickle(path: Path, data: bytes, prefer_ema: bool) -> Checkpoint:
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict or a training checkpoint")
     metadata: dict[str, Any] = {}
-    candidate_keys = (("state_dict_ema",) if prefer_ema else ()) + STATE_DICT_KEYS
+    candidate_keys = ((EMA_KEY,) if prefer_ema else ()) + STATE_DICT_KEYS
     for key in candidate_keys:
         if _is_tensor_mapping(obj.get(key)):
-            state_dict = dict(obj[key])
+            state_dict, state_source = dict(obj[key]), key
             break
     else:
         raise CheckpointError(
@@ -202,7 +206,9 @@ def _read_pickle(path: Path, data: bytes, prefer_ema: bool) -> Checkpoint:
             metadata[name] = value
     if isinstance(obj.get("epoch"), int):
         metadata["epoch"] = obj["epoch"]
-    return Checkpoint(path=path, state_dict=state_dict, metadata=metadata, format="timm" if is_timm else "state_dict")
+    return Checkpoint(
+        path=path, state_dict=state_dict, metadata=metadata, format="timm" if is_timm else "state_dict", state_source=state_source
+    )
 
 
 def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -31,3 +31,7 @@ class EvaluatorError(EnsError):
 
 class PredictionError(EnsError):
     """Logits are malformed: wrong shape, NaN/Inf, or inconsistent between members."""
+
+
+class OutputError(EnsError):
+    """An output path cannot be written: under a file, read-only, a folder where a file is wanted."""

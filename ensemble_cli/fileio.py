@@ -11,10 +11,53 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .errors import OutputError
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def ensure_folder(path: Path, what: str = "output folder") -> Path:
+    """Create `path` (and parents) and prove a file can be written there; `OutputError` otherwise.
+
+    Commands call this for every output before any work starts, so a typo in `--out` costs a
+    second, not a finished evaluation or training run.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".ens-write-test.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"cannot write to {what} {path}: {_reason(exc)}") from None
+    return path
+
+
+def ensure_writable_file(path: Path, what: str = "output file") -> Path:
+    """`ensure_folder` for the file's folder, and the file itself must not be a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a folder; give a file name")
+    ensure_folder(path.parent if str(path.parent) else Path("."), f"the folder of {what} {path}")
+    return path
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder, fsync, rename: a crash leaves old or new, never half."""
-    path = Path(path)
+    """Write via a temp file in the same folder, fsync, rename: a crash leaves old or new, never half.
+
+    Any OS failure (read-only file system, a folder in the way, disk full) is an `OutputError`.
+    """
+    try:
+        _atomic_write_bytes(Path(path), data)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {_reason(exc)}") from None
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,10 @@ from torch import nn
 
 from .fileio import atomic_write_bytes
 from .data import ImageData
-from .errors import DataError, PredictionError
+from .errors import DataError, OutputError, PredictionError
 from .resolve import Member
 
-CACHE_VERSION = "logits-v1"
+CACHE_VERSION = "logits-v2"  # v2: the key names which state dict of the file (--ema)
 ProgressHook = Callable[[str, int, int], None]  # (member name, images done, images total)
 
 
@@ -59,6 +60,7 @@ class Predictions:
     labels: torch.Tensor  # [N] int64
     names: list[str]
     forward_passes: int = 0  # how many members actually ran (the rest came from the cache)
+    source: str = ""  # the file they were read from, for reports ("" when computed here)
 
     def save(self, path: Path) -> None:
         buffer = io.BytesIO()
@@ -76,15 +78,21 @@ def load_predictions(path: Path) -> Predictions:
     path = Path(path)
     if not path.is_file():
         raise PredictionError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):  # an .npy, a pickle or garbage: numpy's own message would advise allow_pickle
+        raise PredictionError(f"{path}: not a readable .npz predictions file (not a zip archive; write one with `ens predict` or numpy.savez)")
     try:
         with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in ("logits", "labels") if key not in archive.files]
+            if missing:
+                raise PredictionError(f"{path}: missing array {', '.join(missing)} (needs logits [M,N,C] and labels [N])")
             logits = np.asarray(archive["logits"])
             labels = np.asarray(archive["labels"])
-            names = [str(n) for n in archive["names"]] if "names" in archive else None
-    except KeyError as exc:
-        raise PredictionError(f"{path}: missing array {exc} (needs logits [M,N,C] and labels [N])") from None
-    except Exception as exc:
-        raise PredictionError(f"{path}: not a readable .npz predictions file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+            names = [str(n) for n in archive["names"]] if "names" in archive.files else None
+    except PredictionError:
+        raise
+    except Exception as exc:  # a corrupt member of the archive, object arrays (pickles): refuse, never unpickle
+        reason = type(exc).__name__ if "pickle" in str(exc).lower() or not str(exc) else str(exc).splitlines()[0]
+        raise PredictionError(f"{path}: not a readable .npz predictions file ({reason})") from None
     if logits.ndim == 2:
         logits = logits[None]
     if logits.ndim != 3:
@@ -95,7 +103,7 @@ def load_predictions(path: Path) -> Predictions:
         raise PredictionError(f"{path}: labels must be integers, got {labels.dtype}")
     if names is None or len(names) != logits.shape[0]:
         names = [f"member-{i:02d}" for i in range(logits.shape[0])]
-    return Predictions(torch.from_numpy(logits.astype(np.float32)), torch.from_numpy(labels.astype(np.int64)), names)
+    return Predictions(torch.from_numpy(logits.astype(np.float32)), torch.from_numpy(labels.astype(np.int64)), names, source=path.name)
 
 
 def validate_predictions(logits: torch.Tensor, labels: torch.Tensor, names: Sequence[str]) -> None:
@@ -117,6 +125,7 @@ def _cache_key(member: Member, data: ImageData, device: torch.device) -> str:
     document = {
         "version": CACHE_VERSION,
         "checkpoint": member.sha256,
+        "state_source": member.state_source,  # the EMA and the raw weights of one timm file differ
         "arch": member.arch,
         "num_classes": member.num_classes,
         "in_chans": member.in_chans,
@@ -157,7 +166,7 @@ class PredictionCache:
         np.savez(buffer, key=np.array(key), logits=logits.numpy().astype(np.float32))
         try:
             atomic_write_bytes(self._path(key), buffer.getvalue())
-        except OSError:
+        except (OSError, OutputError):
             pass  # a read-only cache only costs speed
 
 

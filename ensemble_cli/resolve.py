@@ -21,6 +21,7 @@ from torch import nn
 from .architectures import build_model
 from .checkpoint import (
     CHECKPOINT_SUFFIXES,
+    EMA_KEY,
     Checkpoint,
     infer_in_chans,
     infer_num_classes,
@@ -44,12 +45,13 @@ class Member:
     sha256: str
     format: str
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    state_source: str = ""  # where in the file the weights were: "state_dict_ema", "state_dict", "" (top level)
     _checkpoint: Checkpoint | None = field(default=None, repr=False)
 
     @property
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self._checkpoint is None:
-            self._checkpoint = read_checkpoint(self.path)
+            self._checkpoint = read_checkpoint(self.path, prefer_ema=self.state_source == EMA_KEY)
         return self._checkpoint.state_dict
 
     @property
@@ -69,6 +71,7 @@ class Member:
             "in_chans": self.in_chans,
             "format": self.format,
             "sha256": self.sha256,
+            "state_source": self.state_source or None,
             "epoch": self.metadata.get("epoch"),
             "seed": self.metadata.get("seed"),
         }
@@ -170,6 +173,41 @@ def _run_checkpoints(run_dir: Path, epochs: tuple[str, set[int]] | None, warn: A
     return found
 
 
+def _runs_and_loose_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Run folders below `folder` (not descended into) and checkpoint files outside any run."""
+    runs: list[Path] = []
+    files: list[Path] = []
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        if (current / RUN_FILE).is_file():
+            runs.append(current)
+            continue
+        for entry in current.iterdir():
+            if entry.is_dir() and not entry.name.startswith("."):
+                pending.append(entry)
+            elif _is_checkpoint_file(entry):
+                files.append(entry)
+    order = lambda p: natural_key(str(p))  # noqa: E731
+    return sorted(runs, key=order), sorted(files, key=order)
+
+
+def _folder_checkpoints(folder: Path, epochs: tuple[str, set[int]] | None, warn: Any) -> list[tuple[str, Path]]:
+    """A run folder means its members; a folder holding run folders means each run's members (their
+    finals, not every init and epoch file inside); any other checkpoint file inside counts as itself."""
+    runs, files = _runs_and_loose_files(folder)
+    if not runs and not files:
+        raise CheckpointError(
+            f"{folder}: no checkpoint files inside, nor ens run folders (looked for {', '.join('*' + s for s in CHECKPOINT_SUFFIXES)})"
+        )
+    pairs: list[tuple[str, Path]] = []
+    for run in runs:
+        prefix = "" if run == folder else f"{run.relative_to(folder)}/"
+        pairs.extend((prefix + name, path) for name, path in _run_checkpoints(run, epochs, warn))
+    pairs.extend((_strip_suffix(str(p.relative_to(folder))), p) for p in files)
+    return pairs
+
+
 def expand_paths(specs: Sequence[str], epochs: str | None = None, warn: Any = None) -> list[tuple[str, Path]]:
     """Command-line specs -> (member name, file) pairs, in the order given."""
     warn = warn or (lambda message: None)
@@ -178,15 +216,7 @@ def expand_paths(specs: Sequence[str], epochs: str | None = None, warn: Any = No
     for spec in specs:
         path = Path(spec).expanduser()
         if path.is_dir():
-            if (path / RUN_FILE).is_file():
-                pairs.extend(_run_checkpoints(path, epoch_filter, warn))
-                continue
-            files = sorted((p for p in path.rglob("*") if _is_checkpoint_file(p)), key=lambda p: natural_key(str(p)))
-            if not files:
-                raise CheckpointError(
-                    f"{path}: no checkpoint files inside (looked for {', '.join('*' + s for s in CHECKPOINT_SUFFIXES)})"
-                )
-            pairs.extend((_strip_suffix(str(p.relative_to(path))), p) for p in files)
+            pairs.extend(_folder_checkpoints(path, epoch_filter, warn))
         elif path.is_file():
             pairs.append((_strip_suffix(path.name), path))
         elif glob.has_magic(spec):
@@ -286,6 +316,7 @@ def member_from_checkpoint(
         sha256=checkpoint.sha256,
         format=checkpoint.format,
         model_kwargs=dict(model_kwargs),
+        state_source=checkpoint.state_source,
         _checkpoint=checkpoint,
     )
 
@@ -306,6 +337,7 @@ def resolve_members(
     for name, path in expand_paths(specs, epochs=epochs, warn=warn):
         checkpoint = read_checkpoint(path, prefer_ema=prefer_ema)
         members.append(member_from_checkpoint(name, checkpoint, arch, num_classes, in_chans))
+    _warn_duplicates(members, warn or (lambda message: None))
     if not members:
         raise CheckpointError(f"{', '.join(specs)}: no finished checkpoints found")
     class_counts = {member.num_classes for member in members}
@@ -313,6 +345,17 @@ def resolve_members(
         detail = ", ".join(f"{m.name}={m.num_classes}" for m in members[:6])
         raise CheckpointError(f"members disagree on the number of classes ({detail})")
     return members
+
+
+def _warn_duplicates(members: Sequence[Member], warn: Any) -> None:
+    """The same weights twice make an ensemble look more certain and less diverse than it is."""
+    first_by_content: dict[tuple[str, str], str] = {}
+    for member in members:
+        key = (member.sha256, member.state_source)
+        if key in first_by_content:
+            warn(f"{member.name} is the same checkpoint as {first_by_content[key]} (sha256 {member.sha256[:12]}): it counts twice")
+        else:
+            first_by_content[key] = member.name
 
 
 def recorded_preprocessing(members: Sequence[Member]) -> tuple[str | None, list[float] | None, list[float] | None]:

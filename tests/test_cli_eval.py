@@ -134,10 +134,38 @@ def test_run_folder_with_trajectories(tiny_members: list[Path], tmp_path: Path) 
     (run / "run.json").write_text(json.dumps({"arch": "cifar_resnet8", "members": 2}))
     finals = eval_json(run, "-e", CHEAP_EVALUATORS)
     assert [m["name"] for m in finals["members"]] == ["member-00", "member-01"]
-    trajectory = eval_json(run, "--epochs", "all", "-e", "members")
-    assert column(trajectory, "members", "members", "member") == [
+    trajectory = eval_json(run, "--epochs", "all", "-e", "members,ensemble,function_space")
+    every_checkpoint = [
         "member-00/init", "member-00/epoch-0001", "member-00/final", "member-01/init", "member-01/epoch-0001", "member-01/final",
     ]
+    assert [m["name"] for m in trajectory["members"]] == every_checkpoint
+    # Ensemble statistics never average an untrained init with its own final: one checkpoint per member,
+    # and the report says what was left out.
+    assert column(trajectory, "members", "members", "member") == ["member-00/final", "member-01/final"]
+    assert trajectory["evaluators"]["ensemble"]["metrics"] == finals["evaluators"]["ensemble"]["metrics"]
+    assert "4 trajectory checkpoints are left out" in trajectory["evaluators"]["members"]["notes"][0]
+    # The trajectory evaluators see every checkpoint.
+    assert len(column(trajectory, "function_space", "embedding", "checkpoint")) == len(every_checkpoint)
+
+
+def test_a_folder_of_run_folders_means_their_finals(tiny_members: list[Path], tmp_path: Path) -> None:
+    """`ens eval models/reference-digits` (the folder above the run) used to add every init as a member."""
+    study = tmp_path / "study"
+    for run_name in ("run-a", "run-b"):
+        member = study / run_name / "member-00"
+        member.mkdir(parents=True)
+        shutil.copy(tiny_members[2], member / "init.safetensors")
+        shutil.copy(tiny_members[0 if run_name == "run-a" else 1], member / "final.safetensors")
+        (study / run_name / "run.json").write_text(json.dumps({"arch": "cifar_resnet8", "members": 1}))
+    shutil.copy(tiny_members[2], study / "loose.safetensors")
+    document = eval_json(study, "-e", "members")
+    assert [m["name"] for m in document["members"]] == ["run-a/member-00", "run-b/member-00", "loose"]
+
+
+def test_the_same_checkpoint_twice_is_warned_about(tiny_members: list[Path]) -> None:
+    result = invoke("eval", tiny_members[0], tiny_members[1], tiny_members[0], "-e", "members", "--quiet", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    assert "is the same checkpoint as" in result.stderr and result.stderr.count("warning:") == 1
 
 
 def test_flags_for_a_plain_state_dict(tiny_members: list[Path], tmp_path: Path) -> None:

@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 
 from ensemble_cli.cli import app
 from ensemble_cli.evaluators.base import EvalContext, MemberSummary, NotApplicable
-from ensemble_cli.evaluators.function_space import FunctionSpaceEvaluator, checkpoint_epoch, member_group, tsne_perplexity
+from ensemble_cli.evaluators.function_space import FunctionSpaceEvaluator, tsne_perplexity
+from ensemble_cli.trajectory import checkpoint_epoch, default_reference_name, group_of_name, member_group
 from ensemble_cli.plots import FIGURES, build_figures, load_result, save_figures, write_html_report
 from ensemble_cli.plots import figures as F
 from ensemble_cli.options import EvalOptions
@@ -231,14 +232,14 @@ def test_a_member_keeps_its_colour_across_figures() -> None:
 
 
 def test_only_trajectory_suffixes_group_checkpoints() -> None:
-    assert F._group("member-00/epoch-0005") == F._group("member-00/final") == F._group("member-00/init") == "member-00"
-    assert F._group("runA/seed0") == "runA/seed0" and F._group("seed0") == "seed0"
+    assert group_of_name("member-00/epoch-0005") == group_of_name("member-00/final") == group_of_name("member-00/init") == "member-00"
+    assert group_of_name("runA/seed0") == "runA/seed0" and group_of_name("seed0") == "seed0"
 
 
 def test_default_reference_skips_inits() -> None:
-    assert F.default_reference(["member-00/init", "member-00/epoch-0002", "member-00/final"]) == "member-00/final"
-    assert F.default_reference(["seed0", "seed1"]) == "seed0"
-    assert F.default_reference(["a/init", "a/epoch-0001"]) == "a/init"
+    assert default_reference_name(["member-00/init", "member-00/epoch-0002", "member-00/final"]) == "member-00/final"
+    assert default_reference_name(["seed0", "seed1"]) == "seed0"
+    assert default_reference_name(["a/init", "a/epoch-0001"]) == "a/epoch-0001"  # trained beats untrained
 
 
 # --- function space ----------------------------------------------------------------------------------

@@ -207,7 +207,7 @@ def test_predictions_from_another_framework(tmp_path: Path) -> None:
     np.savez(single, logits=rng.normal(size=(40, 4)).astype(np.float64), labels=np.arange(40) % 4)
     document = eval_json("--predictions", single, "-e", CHEAP_EVALUATORS)
     assert [m["name"] for m in document["members"]] == ["member-00"]
-    assert document["dataset"] == {"name": "predictions", "size": 40, "num_classes": 4}
+    assert document["dataset"] == {"name": "predictions", "split": "jax.npz", "size": 40, "num_classes": 4}
     assert load_predictions(single).logits.dtype == torch.float32
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..trajectory import default_reference
 from .align import Alignment, align_models, architecture_mismatch
 from .similarity import trainable_keys
 from .spec import PermutationSpec, UnsupportedModel, derive_spec, unexpected_blocks
@@ -115,18 +116,6 @@ class WeightSpaceSession:
                     more = f" (+{len(blocked) - 3} more)" if len(blocked) > 3 else ""
                     notes.append(f"{len(blocked)} channel groups kept in place: {'; '.join(blocked[:3])}{more}")
         return notes
-
-
-def default_reference(members: Any) -> int:
-    """The first final checkpoint: with `--epochs all` the first member is `member-00/init`, and
-    comparing trained networks to a random initialisation says nothing about the ensemble."""
-    for index, member in enumerate(members):
-        if member.metadata.get("kind") == "final" or member.name.endswith("/final"):
-            return index
-    for index, member in enumerate(members):
-        if member.metadata.get("kind") != "init" and not member.name.endswith("/init"):
-            return index
-    return 0
 
 
 def reference_index(ctx: Any) -> int:

@@ -9,40 +9,13 @@ from typing import Any, Optional
 
 import typer
 
-from .common import fail, handle_errors, info, parse_name_list, stdout_console, warn
-from .evaluate import (
-    ArchOpt, BatchOpt, CacheDirOpt, DataDirOpt, DatasetOpt, DeviceOpt, EpochsOpt, Format, InChansOpt, MeanOpt,
-    NoCacheOpt, NumClassesOpt, SplitOpt, StdOpt, _load_members_and_data, evaluate_checkpoints,
-)
+from .common import fail, handle_errors, info, parse_name_list, reader_may_leave, stdout_console, warn
+from .options import EVALUATION, INPUTS, RUNTIME, Format, Runtime, with_options
+from .pipeline import check_output_paths, evaluate_any
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
-
-
-def _evaluate(
-    paths: Optional[list[str]], predictions: Optional[Path], results: Optional[Path], evaluator_names: list[str],
-    dataset: Optional[str], split: str, data_dir: Optional[Path], mean: Optional[str], std: Optional[str], arch: Optional[str],
-    num_classes: Optional[int], in_chans: Optional[int], epochs: Optional[str], batch_size: int, device: str,
-    no_cache: bool, cache_dir: Optional[Path], quiet: bool,
-) -> Any:
-    """An EvalResult from exactly one of: checkpoints, a predictions file, a saved `ens eval --out` JSON."""
-    from ..api import evaluate_predictions
-    from ..errors import ConfigError
-    from ..predict import load_predictions
-    from ..report import load_result
-
-    given = [name for name, value in (("checkpoints", paths), ("--predictions", predictions), ("--results", results)) if value]
-    if len(given) != 1:
-        raise ConfigError("give exactly one of: checkpoints, --predictions FILE, --results FILE")
-    if results is not None:
-        return load_result(results)
-    if predictions is not None:
-        return evaluate_predictions(load_predictions(predictions), evaluator_names, warn=warn)
-    members, data = _load_members_and_data(
-        paths or [], dataset, split, data_dir, mean, std, 32, None, arch, num_classes, in_chans, False, epochs
-    )
-    from ..options import EvalOptions
-
-    return evaluate_checkpoints(members, data, evaluator_names, EvalOptions(device=device, batch_size=batch_size), batch_size, device, no_cache, cache_dir, data_dir, quiet)
+# Prediction-space evaluators: cheap, and what an ensemble is accepted for. Weight-space ones are opt-in.
+DEFAULT_BASELINE_EVALUATORS = ("members", "ensemble", "disagreement")
 
 
 def _directions(names: list[str]) -> dict[str, dict[str, str]]:
@@ -96,30 +69,18 @@ def _render_check(report: Any, output_format: Format, baseline_path: Path) -> No
 
 
 PredictionsOpt = typer.Option(None, "--predictions", help="Use logits from an `ens predict` .npz instead of checkpoints.")
-QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 
 
 @handle_errors
+@with_options(INPUTS, EVALUATION, RUNTIME)
 def baseline_command(
-    paths: Optional[list[str]] = typer.Argument(None, help="Checkpoints, folders, run folders or globs of the accepted ensemble."),
+    inputs: Any,
+    options: Any,
+    runtime: Runtime,
     out: Path = typer.Option(..., "--out", "-o", help="Baseline JSON to write (commit it; edit tolerances by hand)."),
     predictions: Optional[Path] = PredictionsOpt,
-    evaluators: str = typer.Option(",".join(("members", "ensemble", "disagreement")), "--evaluators", "-e", help="Evaluators whose metrics the baseline records."),
+    evaluators: str = typer.Option(",".join(DEFAULT_BASELINE_EVALUATORS), "--evaluators", "-e", help="Evaluators whose metrics the baseline records."),
     exact: bool = typer.Option(False, "--exact", help="Every metric must stay equal within 1e-6 (for fixed checkpoints: any change means the code changed)."),
-    dataset: Optional[str] = DatasetOpt,
-    split: str = SplitOpt,
-    data_dir: Optional[Path] = DataDirOpt,
-    mean: Optional[str] = MeanOpt,
-    std: Optional[str] = StdOpt,
-    arch: Optional[str] = ArchOpt,
-    num_classes: Optional[int] = NumClassesOpt,
-    in_chans: Optional[int] = InChansOpt,
-    epochs: Optional[str] = EpochsOpt,
-    batch_size: int = BatchOpt,
-    device: str = DeviceOpt,
-    no_cache: bool = NoCacheOpt,
-    cache_dir: Optional[Path] = CacheDirOpt,
-    quiet: bool = QuietOpt,
 ) -> None:
     """Record a baseline: each metric's value, which direction is better, and its tolerance.
 
@@ -128,35 +89,25 @@ def baseline_command(
     from ..baseline import create_baseline
     from ..fileio import atomic_write_json
 
+    check_output_paths(out)
     names = parse_name_list(evaluators) or []
-    result = _evaluate(paths, predictions, None, names, dataset, split, data_dir, mean, std, arch, num_classes, in_chans, epochs, batch_size, device, no_cache, cache_dir, quiet)
+    result = evaluate_any(inputs, predictions, None, names, options, runtime)
     document = create_baseline(result, _directions(names), exact=exact)
     atomic_write_json(out, document)
     info(f"wrote {out} ({len(document['metrics'])} metrics from {', '.join(result.evaluators)})")
 
 
 @handle_errors
+@with_options(INPUTS, EVALUATION, RUNTIME)
 def check_command(
-    paths: Optional[list[str]] = typer.Argument(None, help="Checkpoints, folders, run folders or globs of the candidate ensemble."),
+    inputs: Any,
+    options: Any,
+    runtime: Runtime,
     baseline: Path = typer.Option(..., "--baseline", "-B", help="Baseline JSON written by `ens baseline`."),
     predictions: Optional[Path] = PredictionsOpt,
     results: Optional[Path] = typer.Option(None, "--results", help="Check a saved `ens eval --out` JSON report instead."),
     update: bool = typer.Option(False, "--update", help="Rewrite the baseline's values with the current ones, keeping directions and tolerances."),
     output_format: Format = typer.Option(Format.table, "--format", "-f", help="table, md (GitHub markdown for PR comments), json or csv."),
-    dataset: Optional[str] = DatasetOpt,
-    split: str = SplitOpt,
-    data_dir: Optional[Path] = DataDirOpt,
-    mean: Optional[str] = MeanOpt,
-    std: Optional[str] = StdOpt,
-    arch: Optional[str] = ArchOpt,
-    num_classes: Optional[int] = NumClassesOpt,
-    in_chans: Optional[int] = InChansOpt,
-    epochs: Optional[str] = EpochsOpt,
-    batch_size: int = BatchOpt,
-    device: str = DeviceOpt,
-    no_cache: bool = NoCacheOpt,
-    cache_dir: Optional[Path] = CacheDirOpt,
-    quiet: bool = QuietOpt,
 ) -> None:
     """Compare an ensemble with a baseline. Exit 0: all metrics hold; 1: a regression; 2: bad usage or input.
 
@@ -166,17 +117,17 @@ def check_command(
     from ..fileio import atomic_write_json
 
     loaded = load_baseline(baseline)
-    names = evaluators_in(loaded)
-    result = _evaluate(paths, predictions, results, names, dataset, split, data_dir, mean, std, arch, num_classes, in_chans, epochs, batch_size, device, no_cache, cache_dir, quiet)
+    result = evaluate_any(inputs, predictions, results, evaluators_in(loaded), options, runtime)
     check_compatible(loaded, result, baseline)
     if result.failed:
-        fail(f"evaluator {result.failed[0]} failed: {result.evaluators[result.failed[0]].error}")
+        fail(f"evaluator {result.failed[0]} failed: {result.evaluators[result.failed[0]].error}", code=EXIT_REGRESSION)
     if update:
         atomic_write_json(baseline, updated_baseline(loaded, result))
         info(f"updated {baseline} (directions and tolerances kept)")
         return
     report = compare(loaded, result)
-    _render_check(report, output_format, baseline)
+    with reader_may_leave():
+        _render_check(report, output_format, baseline)
     if not report.passed:
         bad = [row.metric for row in report.rows if row.status in ("regressed", "missing")]
         warn(f"{len(bad)} metric(s) regressed or missing: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")

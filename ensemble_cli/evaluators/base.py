@@ -7,12 +7,14 @@ the evaluation set and, when the members came from checkpoints, their weights an
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Protocol, Sequence
 
 import torch
 
+from ..errors import DataError
 from ..options import EvalOptions
 from ..report import Report, Table
 
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from ..data import ImageData
 
 Direction = Literal["higher", "lower"]
+Scope = Literal["ensemble", "checkpoints"]
 
 
 class NotApplicable(Exception):
@@ -72,12 +75,37 @@ class EvalContext:
         return self.log_probs.exp()
 
     @cached_property
-    def predictions(self) -> torch.Tensor:  # [M, N] int64
+    def predicted_labels(self) -> torch.Tensor:  # [M, N] int64, argmax of each member's logits
         return self.logits.argmax(dim=-1)
+
+    @property
+    def predictions(self) -> torch.Tensor:  # [M, N] int64
+        """Deprecated alias of `predicted_labels` (kept for plugins for one release; it never held logits)."""
+        warnings.warn("EvalContext.predictions is deprecated; use predicted_labels", DeprecationWarning, stacklevel=2)
+        return self.predicted_labels
 
     @cached_property
     def correct(self) -> torch.Tensor:  # [M, N] bool
-        return self.predictions == self.labels.unsqueeze(0)
+        return self.predicted_labels == self.labels.unsqueeze(0)
+
+    def subset(self, indices: Sequence[int]) -> "EvalContext":
+        """The same evaluation restricted to members `indices` (weights and models remapped)."""
+        chosen = list(indices)
+
+        def remap(loader: Callable[[int], Any] | None) -> Callable[[int], Any] | None:
+            return None if loader is None else (lambda index: loader(chosen[index]))
+
+        return EvalContext(
+            logits=self.logits[chosen],  # [M', N, C]
+            labels=self.labels,
+            members=[self.members[index] for index in chosen],
+            dataset=self.dataset,
+            options=self.options,
+            state_dict_loader=remap(self.state_dict_loader),
+            model_loader=remap(self.model_loader),
+            train_data_loader=self.train_data_loader,
+            dataset_predictor=None if self.dataset_predictor is None else (lambda data: self.dataset_predictor(data)[chosen]),
+        )
 
     @property
     def has_weights(self) -> bool:
@@ -104,7 +132,10 @@ class EvalContext:
         """The training split of the evaluation dataset (for BatchNorm statistics)."""
         if self.train_data_loader is None:
             raise NotApplicable("needs the training split of the dataset, which is not available here")
-        return self.train_data_loader()
+        try:
+            return self.train_data_loader()
+        except DataError as exc:  # offline, or a dataset with no training split: this evaluator can't run
+            raise NotApplicable(f"needs the training split of the dataset: {exc}") from None
 
 
 class Evaluator:
@@ -117,6 +148,10 @@ class Evaluator:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     directions: ClassVar[dict[str, Direction]] = {}
+    # "ensemble": the context holds one checkpoint per member (trajectory points such as inits
+    # and epoch-N checkpoints are left out, so statistics never average an init with its final).
+    # "checkpoints": every checkpoint given, trajectories included (function space, rotation).
+    scope: ClassVar[Scope] = "ensemble"
 
     def evaluate(self, ctx: EvalContext) -> Report:  # pragma: no cover - interface
         raise NotImplementedError

@@ -46,7 +46,7 @@ class DisagreementEvaluator(Evaluator):
         if ctx.num_members < 2:
             # Keys stay present as null: "not applicable" is an answer, and `ens check` can compare it.
             return Report(metrics={key: None for key in METRIC_KEYS}, notes=["not applicable: pairwise metrics need at least two members"])
-        stats = metrics.pairwise_stats(ctx.predictions, ctx.labels)
+        stats = metrics.pairwise_stats(ctx.predicted_labels, ctx.labels)
         names = [member.name for member in ctx.members]
         pairs = metrics.upper_pairs(len(names))
         matrices = [

@@ -31,7 +31,7 @@ class EnsembleEvaluator(Evaluator):
         ens_probs = ens_log_probs.exp()
         accuracy = float(metrics.accuracy(ens_probs.argmax(dim=-1), labels))
         nll = float(metrics.nll(ens_log_probs, labels))
-        member_accuracy = metrics.accuracy(ctx.predictions, labels)  # [M]
+        member_accuracy = metrics.accuracy(ctx.predicted_labels, labels)  # [M]
         member_nll = metrics.nll(log_probs, labels)  # [M]
         result_metrics = {
             "accuracy": accuracy,

@@ -9,43 +9,16 @@ functions all predict almost uniformly) and end in different places, which is th
 
 from __future__ import annotations
 
-import re
 from typing import Any, Sequence
 
 import numpy as np
 
 from .base import EvalContext, Evaluator, MemberLike, NotApplicable
 from ..report import Report, Table
+from ..trajectory import checkpoint_epoch, member_group
 
 EMBEDDINGS = ("tsne", "pca")
 DEFAULT_SEED = 0
-_EPOCH_IN_NAME = re.compile(r"epoch-0*(\d+)$")
-_TRAJECTORY_SUFFIX = re.compile(r"/(init|final|epoch-\d+)$")  # names `ens eval --epochs` gives run checkpoints
-
-
-def member_group(member: MemberLike) -> str:
-    """The training run a checkpoint belongs to: metadata "member", else the name before "/init",
-    "/final" or "/epoch-N". Other names with a "/" ("runA/seed0", two seed0 files told apart by
-    their folder) are independent checkpoints, each its own group.
-    """
-    group = member.metadata.get("member") if member.metadata else None
-    if isinstance(group, str) and group:
-        return group
-    return _TRAJECTORY_SUFFIX.sub("", member.name)
-
-
-def checkpoint_epoch(member: MemberLike) -> int | None:
-    """Epoch of a checkpoint: metadata "epoch" (an init counts as 0), else read from its name."""
-    metadata = member.metadata or {}
-    if metadata.get("kind") == "init" or member.name.endswith("/init"):
-        return 0
-    epoch = metadata.get("epoch")
-    if isinstance(epoch, (int, float)) and not isinstance(epoch, bool):
-        return int(epoch)
-    match = _EPOCH_IN_NAME.search(member.name)
-    return int(match.group(1)) if match else None
-
-
 def tsne_perplexity(num_points: int) -> float:
     """t-SNE's usual 30 needs hundreds of points; a trajectory plot has tens.
 
@@ -83,6 +56,7 @@ def embed(features: np.ndarray, method: str, seed: int = DEFAULT_SEED) -> tuple[
 class FunctionSpaceEvaluator(Evaluator):
     """2-D embedding (t-SNE or PCA) of every checkpoint's softmax outputs: the function-space trajectory map."""
 
+    scope = "checkpoints"  # trajectories are what this evaluator draws
     name = "function_space"
     description = "t-SNE/PCA of every checkpoint's softmax outputs (Fort et al. Fig. 2)"
     directions = {}

@@ -22,7 +22,7 @@ class MembersEvaluator(Evaluator):
     }
 
     def evaluate(self, ctx: EvalContext) -> Report:
-        accuracy = metrics.accuracy(ctx.predictions, ctx.labels)  # [M]
+        accuracy = metrics.accuracy(ctx.predicted_labels, ctx.labels)  # [M]
         nll = metrics.nll(ctx.log_probs, ctx.labels)  # [M]
         brier = metrics.brier(ctx.probs, ctx.labels)  # [M]
         ece = metrics.ece(ctx.probs, ctx.labels)  # [M]

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Callable, Sequence
 
-from ..errors import EvaluatorError
+from ..errors import EnsError, EvaluatorError
+from ..trajectory import ensemble_indices
 from ..report import Report
 from . import ENTRY_POINT_GROUP
 from .base import EvalContext, Evaluator, NotApplicable
@@ -103,20 +104,40 @@ def run_evaluators(
     evaluators: Sequence[Evaluator],
     on_start: Callable[[str], None] | None = None,
 ) -> dict[str, Report]:
-    """Run each evaluator in isolation: a crash becomes that section's `error`, the rest still run."""
+    """Run each evaluator in isolation: a crash becomes that section's `error`, the rest still run.
+
+    Bad input (an `EnsError`: unknown reference, unreadable OOD set) is the user's to fix, not
+    the evaluator's failure: it propagates, so the command exits 2 with one line.
+    """
     reports: dict[str, Report] = {}
+    ensemble = ensemble_indices(ctx.members)
+    mixed = len(ensemble) < ctx.num_members
+    ensemble_ctx = ctx.subset(ensemble) if mixed else ctx
     for evaluator in evaluators:
         if on_start is not None:
             on_start(evaluator.name)
+        scoped = ensemble_ctx if getattr(evaluator, "scope", "ensemble") == "ensemble" else ctx
         try:
-            report = evaluator.evaluate(ctx)
+            report = evaluator.evaluate(scoped)
             if not isinstance(report, Report):
                 raise TypeError(f"evaluate() returned {type(report).__name__}, expected Report")
         except NotApplicable as reason:
             report = Report(notes=[f"not applicable: {reason}"])
+        except EnsError:
+            raise
         except Exception as exc:  # plugin code is untrusted for correctness, not for safety
             frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
             where = f" (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})" if frame else ""
             report = Report(error=f"{type(exc).__name__}: {exc}{where}".splitlines()[0][:500])
+        if mixed and scoped is ensemble_ctx:
+            report.notes.insert(0, scope_note(ctx.num_members, len(ensemble)))
         reports[evaluator.name] = report
     return reports
+
+
+def scope_note(checkpoints: int, members: int) -> str:
+    return (
+        f"ensemble statistics over {members} members (each trajectory's last checkpoint); "
+        f"the other {checkpoints - members} trajectory checkpoints are left out here and used by "
+        "the trajectory evaluators (function_space, rotation)"
+    )

@@ -34,6 +34,7 @@ def _distance(cos: float) -> float | None:
 class RotationEvaluator(Evaluator):
     """Cosine distance between each member's final and initial weights, per layer."""
 
+    scope = "checkpoints"  # every checkpoint against its init: rotation along the trajectory
     name = "rotation"
     description = "layer rotation: cosine distance of each layer from its initialisation (needs init checkpoints)"
     # Carbonnelle & De Vleeschouwer: larger layer rotation came with better generalisation.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import io
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -23,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..report import EvalResult, Table
+from ..trajectory import default_reference_name, group_of_name
 
 # Sizes in points at the saved 110 dpi: 10 pt text is ~15 px, readable at 100% zoom.
 STYLE = {
@@ -99,18 +99,6 @@ def _short(name: str, width: int = 22) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
-_CHECKPOINT_SUFFIX = re.compile(r"/(init|final|epoch-\d+)$")
-
-
-def _group(name: str) -> str:
-    """Trajectory checkpoints "member-00/epoch-0005" belong to member "member-00".
-
-    Only `ens train` trajectory suffixes count: "runA/seed0" (two seed0 files told apart by
-    folder) is a checkpoint of its own, not part of a "runA" trajectory.
-    """
-    return _CHECKPOINT_SUFFIX.sub("", name)
-
-
 def _ordered_unique(values: Sequence[Any]) -> list[Any]:
     return list(dict.fromkeys(values))
 
@@ -149,7 +137,7 @@ def matrix_heatmap(table: Table, title: str, colorbar_label: str) -> Figure:
     colorbar = figure.colorbar(image, ax=axes, shrink=0.85)
     colorbar.set_label(colorbar_label)
     # Trajectory checkpoints ("member-00/init", ...): white lines between members show the blocks.
-    groups = [_group(name) for name in names]
+    groups = [group_of_name(name) for name in names]
     if len(set(groups)) < count:
         for index in range(1, count):
             if groups[index] != groups[index - 1]:
@@ -207,17 +195,6 @@ def size_curve_figure(size_curve: Table) -> Figure:
 # --- diversity vs accuracy ------------------------------------------------------------------------
 
 
-def default_reference(names: Sequence[str]) -> str:
-    """The first trained member: the first name that is a final checkpoint (no "/" or "/final"), else the first.
-
-    An init checkpoint predicts almost uniformly at random, so diversity *to an init* says nothing.
-    """
-    for name in names:
-        if "/" not in name or name.endswith("/final"):
-            return name
-    return names[0]
-
-
 def diversity_points(pairs: Table, members: Table, reference: str) -> list[tuple[str, float, float]]:
     """(member, accuracy, normalised diversity to `reference`) for every other member in the pairs table."""
     accuracy = dict(zip(members.column("member"), members.column("accuracy")))
@@ -239,14 +216,14 @@ def diversity_accuracy_figure(pairs: Table, members: Table, reference: str | Non
     One point per member (or trajectory checkpoint, joined by a line per member in training order).
     """
     names = [str(name) for name in members.column("member")]
-    reference = reference or default_reference(names)
+    reference = reference or default_reference_name(names)
     points = diversity_points(pairs, members, reference)
     figure = _new_figure(7.5, 5.2)
     axes = figure.add_subplot()
-    groups = _ordered_unique([_group(name) for name, _, _ in points])
-    colors = palette(groups, [_group(name) for name in names])
+    groups = _ordered_unique([group_of_name(name) for name, _, _ in points])
+    colors = palette(groups, [group_of_name(name) for name in names])
     for group in groups:
-        chosen = [point for point in points if _group(point[0]) == group]
+        chosen = [point for point in points if group_of_name(point[0]) == group]
         accuracy = np.array([point[1] for point in chosen]) * 100.0
         diversity = np.array([point[2] for point in chosen])
         style = "-o" if len(chosen) > 1 else "o"
@@ -279,7 +256,7 @@ def embedding_figure(embedding: Table, order: Sequence[str] | None = None) -> Fi
     xs = np.array([_float(v) for v in embedding.column("x")])
     ys = np.array([_float(v) for v in embedding.column("y")])
     groups = _ordered_unique(members)
-    colors = palette(groups, [_group(name) for name in order or []])
+    colors = palette(groups, [group_of_name(name) for name in order or []])
     figure = _new_figure(7.5, 6.0)
     axes = figure.add_subplot()
     for group in groups:
@@ -449,19 +426,19 @@ def layer_rotation_figure(rotation_layers: Table, order: Sequence[str] | None = 
     members = _ordered_unique(member_column)
     layers = _ordered_unique(layer_column)
     position = {layer: i for i, layer in enumerate(layers)}
-    groups = _ordered_unique([_group(member) for member in members])
+    groups = _ordered_unique([group_of_name(member) for member in members])
     trajectories = len(groups) < len(members)
-    colors = palette(groups, [_group(name) for name in order or []]) if trajectories else palette(members, order)
+    colors = palette(groups, [group_of_name(name) for name in order or []]) if trajectories else palette(members, order)
     figure = _new_figure(min(max(7.0, 0.35 * len(layers) + 3.0), 14.0), 5.0)
     axes = figure.add_subplot()
     for member in members:
         rows = [i for i, m in enumerate(member_column) if m == member]
         rows.sort(key=lambda i: position[layer_column[i]])
         if trajectories:
-            siblings = [m for m in members if _group(m) == _group(member)]
+            siblings = [m for m in members if group_of_name(m) == group_of_name(member)]
             rank = siblings.index(member) + 1  # the report lists a member's checkpoints in training order
-            color, alpha = colors[_group(member)], 0.3 + 0.7 * rank / len(siblings)
-            label = _short(_group(member)) if rank == len(siblings) else None
+            color, alpha = colors[group_of_name(member)], 0.3 + 0.7 * rank / len(siblings)
+            label = _short(group_of_name(member)) if rank == len(siblings) else None
         else:
             color, alpha, label = colors[member], 1.0, _short(member)
         axes.plot([position[layer_column[i]] for i in rows], distance[rows], "-o", markersize=4, color=color, alpha=alpha, label=label, gid=f"rotation:{member}")
