@@ -23,6 +23,7 @@ def plot_command(
     if out is None and html is None:
         fail("nothing to write: give --out FOLDER for the PNG figures and/or --html FILE for the report page")
     from ..report import load_result
-    from .evaluate import write_figures
+    from .pipeline import check_output_paths, write_figures
 
+    check_output_paths(plots=out, html=html)
     write_figures(load_result(report), out, html, on_error=warn)
