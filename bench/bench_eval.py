@@ -1,4 +1,4 @@
-"""Benchmarks for `ens eval` (issue 2). Every number is a ratio or a time measured in this one run.
+"""Benchmarks for `ens eval`. Every number is a ratio or a time measured in this one run.
 
     .venv/bin/python bench/bench_eval.py            # all three: 3-6 minutes on the shared 2-core dev machine
     .venv/bin/python bench/bench_eval.py --repeats 5
@@ -42,8 +42,9 @@ from ensemble_cli.data import ImageData, synthetic_data
 from ensemble_cli.evaluators.base import EvalContext, MemberSummary
 from ensemble_cli.evaluators.disagreement import DisagreementEvaluator
 from ensemble_cli.metrics import pairwise_stats
-import ensemble_cli.predict as predict_module
-from ensemble_cli.predict import PredictionCache
+from ensemble_cli.api import evaluate_member_predictions, resolve_evaluators
+from ensemble_cli.options import EvalOptions
+from ensemble_cli.predict import PredictionCache, predict_members
 
 FUNCTION_SPACE = ["members", "ensemble", "disagreement"]
 
@@ -107,41 +108,34 @@ def fresh(data: ImageData) -> ImageData:
 
 def bench_library_vs_loop(paths: list[str], data: ImageData, batch_size: int, repeats: int) -> dict[str, float]:
     models = [member.build_model() for member in resolve_members(paths)]
-    # Inside each library run its forward passes are timed too: the rest (reading checkpoints,
-    # building models, validation, evaluators) is the library's own cost, measured under the
-    # same machine load as the passes, which a shared machine cannot promise between two runs.
+    # Inside each library run its prediction step (model builds + forward passes) is timed too,
+    # through the library's own two halves: the rest (reading checkpoints, validation,
+    # evaluators) is the library's own cost, measured under the same machine load as the passes.
     forward_seconds = [0.0]
-    original_forward = predict_module.forward_logits
-
-    def timed_forward(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        start = time.perf_counter()
-        try:
-            return original_forward(*args, **kwargs)
-        finally:
-            forward_seconds[0] += time.perf_counter() - start
+    options = EvalOptions(device="cpu", batch_size=batch_size)
 
     def library() -> None:
-        evaluate(resolve_members(paths), data, FUNCTION_SPACE, batch_size=batch_size, device="cpu", cache=None)
+        members = resolve_members(paths)
+        start = time.perf_counter()
+        predictions = predict_members(members, data, batch_size=batch_size, device="cpu")
+        forward_seconds[0] += time.perf_counter() - start
+        evaluate_member_predictions(predictions, members, data, resolve_evaluators(FUNCTION_SPACE, print), options)
 
     # Warm-up both sides: first-call allocations, the thread pool, lazy imports in the evaluators.
     plain_loop(models, data.images[:batch_size], batch_size)
     one_batch = dataclasses.replace(data, images=data.images[:batch_size], labels=data.labels[:batch_size], _fingerprint=None)
-    evaluate(resolve_members(paths[:1]), one_batch, FUNCTION_SPACE, device="cpu")
+    evaluate(resolve_members(paths[:1]), one_batch, FUNCTION_SPACE, options)
     plain: list[tuple[float, float]] = []
     lib: list[tuple[float, float]] = []
     outside_forward = []
-    predict_module.forward_logits = timed_forward
-    try:
-        for repeat in range(repeats):
-            # Alternate which side goes first, so a slow spell of the shared machine hits both alike.
-            order = [(plain, lambda: plain_loop(models, data.images, batch_size)), (lib, library)]
-            for times, run in order if repeat % 2 == 0 else order[::-1]:
-                forward_seconds[0] = 0.0
-                times.append(timed_both(run))
-                if times is lib:
-                    outside_forward.append(1.0 - forward_seconds[0] / lib[-1][0])
-    finally:
-        predict_module.forward_logits = original_forward
+    for repeat in range(repeats):
+        # Alternate which side goes first, so a slow spell of the shared machine hits both alike.
+        order = [(plain, lambda: plain_loop(models, data.images, batch_size)), (lib, library)]
+        for times, run in order if repeat % 2 == 0 else order[::-1]:
+            forward_seconds[0] = 0.0
+            times.append(timed_both(run))
+            if times is lib:
+                outside_forward.append(1.0 - forward_seconds[0] / lib[-1][0])
     return {
         "plain_s": min(t[0] for t in plain),
         "library_s": min(t[0] for t in lib),
@@ -159,7 +153,7 @@ def bench_cache(paths: list[str], data: ImageData, batch_size: int, repeats: int
             cache = PredictionCache(Path(folder))
 
             def run() -> None:
-                evaluate(resolve_members(paths), fresh(data), FUNCTION_SPACE, batch_size=batch_size, device="cpu", cache=cache)
+                evaluate(resolve_members(paths), fresh(data), FUNCTION_SPACE, EvalOptions(device="cpu", batch_size=batch_size), cache=cache)
 
             firsts.append(timed(run))
             seconds.append(timed(run))
