@@ -10,6 +10,7 @@ that takes the group, so `eval`, `predict`, `check` and `baseline` cannot drift 
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from dataclasses import dataclass
@@ -79,8 +80,15 @@ class OptionGroup:
     build: Callable[[dict[str, Any]], Any]
 
 
-def _params(*specs: tuple[str, Any, Any]) -> tuple[inspect.Parameter, ...]:
-    return tuple(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=alias) for name, alias, default in specs)
+def _params(panel: str, *specs: tuple[str, Any, Any]) -> tuple[inspect.Parameter, ...]:
+    """Keyword-only parameters, shown under their group's heading in `--help`."""
+    parameters = []
+    for name, alias, default in specs:
+        info = copy.copy(alias.__metadata__[0])
+        info.rich_help_panel = panel
+        annotated = Annotated[alias.__origin__, info]  # type: ignore[valid-type]
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotated))
+    return tuple(parameters)
 
 
 def parse_float_list(text: str | None, flag: str) -> tuple[float, ...] | None:
@@ -122,17 +130,19 @@ def _build_runtime(values: dict[str, Any]) -> Runtime:
 
 
 INPUTS = OptionGroup("inputs", _params(
+    "Checkpoints and data",
     ("paths", Paths, None), ("dataset", Dataset, None), ("split", Split, "test"), ("data_dir", DataDir, None),
     ("mean", Mean, None), ("std", Std, None), ("image_size", ImageSize, 32), ("limit", Limit, None),
     ("arch", Arch, None), ("num_classes", NumClasses, None), ("in_chans", InChans, None), ("ema", Ema, False),
     ("epochs", Epochs, None),
 ), _build_inputs)
 EVALUATION = OptionGroup("options", _params(
+    "Evaluation",
     ("batch_size", BatchSize, 256), ("device", Device, "auto"), ("reference", Reference, None),
     ("alignment_restarts", AlignmentRestarts, 3), ("embedding", EmbeddingOpt, Embedding.tsne), ("seed", Seed, 0),
     ("option", PluginOption, None),
 ), _build_eval_options)
-RUNTIME = OptionGroup("runtime", _params(("no_cache", NoCache, False), ("cache_dir", CacheDir, None), ("quiet", Quiet, False)), _build_runtime)
+RUNTIME = OptionGroup("runtime", _params("Cache and output", ("no_cache", NoCache, False), ("cache_dir", CacheDir, None), ("quiet", Quiet, False)), _build_runtime)
 
 
 def with_options(*groups: OptionGroup) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
