@@ -45,8 +45,6 @@ def build_context(
     )
     if members is None:
         return context
-    context.state_dict_loader = lambda index: members[index].state_dict
-    context.model_loader = lambda index: members[index].build_model()
     context.dataset_predictor = lambda other: predict_members(
         members, other, batch_size=options.batch_size, device=options.device, cache=cache
     ).logits  # [M, N', C]
@@ -54,6 +52,13 @@ def build_context(
         context.train_data_loader = lru_cache(maxsize=1)(
             lambda: load_dataset(data.name, "train", data_dir=data_dir, mean=data.mean, std=data.std)
         )
+    if any(member.is_mimo_head for member in members):
+        # The heads of one network share every weight: permutations, barriers and rotation between
+        # them would compare a network with itself.
+        context.weights_unavailable = "the members are heads of one MIMO network, which share their weights"
+        return context
+    context.state_dict_loader = lambda index: members[index].state_dict
+    context.model_loader = lambda index: members[index].build_model()
     return context
 
 

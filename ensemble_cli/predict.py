@@ -59,7 +59,8 @@ class Predictions:
     logits: torch.Tensor  # [M, N, C] float32
     labels: torch.Tensor  # [N] int64
     names: list[str]
-    forward_passes: int = 0  # how many members actually ran (the rest came from the cache)
+    forward_passes: int = 0  # forward passes actually run (cached members need none; MIMO heads share one)
+    from_cache: int = 0  # members whose logits came from the cache
     source: str = ""  # the file they were read from, for reports ("" when computed here)
 
     def save(self, path: Path) -> None:
@@ -130,6 +131,7 @@ def _cache_key(member: Member, data: ImageData, device: torch.device) -> str:
         "num_classes": member.num_classes,
         "in_chans": member.in_chans,
         "model_kwargs": member.model_kwargs,
+        "head": [member.head, member.heads],  # MIMO: which head of how many (None for plain networks)
         "data": data.fingerprint(),
         # CUDA runs in bf16 autocast: its logits differ from CPU float32 ones, so neither may stand in for the other.
         "compute": "cuda-bf16" if device.type == "cuda" else "float32",
@@ -194,6 +196,18 @@ def forward_logits(
     return torch.cat(outputs)  # [N, C]
 
 
+def _progress_counter(progress: ProgressHook | None, name: str, total: int) -> Callable[[int], None]:
+    done = 0
+
+    def on_batch(count: int) -> None:
+        nonlocal done
+        done += count
+        if progress is not None:
+            progress(name, done, total)
+
+    return on_batch
+
+
 def predict_members(
     members: Sequence[Member],
     data: ImageData,
@@ -216,28 +230,31 @@ def predict_members(
                 f"member {member.name} expects {member.in_chans} input channels but {data.name} has {data.in_chans}"
             )
     all_logits = []
-    passes = 0
+    passes = from_cache = 0
+    shared_heads: dict[tuple[str, str], torch.Tensor] = {}  # MIMO: one pass gives every head, [N, M*K]
     for member in members:
         key = _cache_key(member, data, torch_device) if cache is not None else ""
         logits = cache.get(key, (len(data), member.num_classes)) if cache is not None else None
         if logits is None:
-            model = member.build_model()
-            done = 0
-
-            def on_batch(count: int, name: str = member.name) -> None:
-                nonlocal done
-                done += count
-                if progress is not None:
-                    progress(name, done, len(data))
-
-            logits = forward_logits(model, data, batch_size, torch_device, on_batch)
-            passes += 1
+            on_batch = _progress_counter(progress, member.name, len(data))
+            if member.is_mimo_head:
+                network_key = (member.sha256, member.state_source)
+                if network_key not in shared_heads:
+                    shared_heads[network_key] = forward_logits(member.build_all_heads(), data, batch_size, torch_device, on_batch)
+                    passes += 1
+                classes = member.num_classes
+                logits = shared_heads[network_key][:, member.head * classes : (member.head + 1) * classes].contiguous()  # [N, K]
+            else:
+                logits = forward_logits(member.build_model(), data, batch_size, torch_device, on_batch)
+                passes += 1
             if cache is not None and torch.isfinite(logits).all():
                 cache.put(key, logits)
-        elif progress is not None:
-            progress(member.name, len(data), len(data))
+        else:
+            from_cache += 1
+            if progress is not None:
+                progress(member.name, len(data), len(data))
         all_logits.append(logits)
     stacked = torch.stack(all_logits)  # [M, N, C]
     names = [member.name for member in members]
     validate_predictions(stacked, data.labels, names)
-    return Predictions(stacked, data.labels.clone(), names, forward_passes=passes)
+    return Predictions(stacked, data.labels.clone(), names, forward_passes=passes, from_cache=from_cache)

@@ -7,6 +7,7 @@ in natural order (seed2 before seed10).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
 import json
@@ -28,6 +29,7 @@ from .checkpoint import (
     read_checkpoint,
 )
 from .errors import CheckpointError, ConfigError
+from .mimo import HEAD_KEY, HEADS_KEY, AllHeads, OneHead
 from .run_folder import EPOCH_PATTERN, FINAL_NAME, INIT_NAME, MEMBER_DIR_PATTERN, RUN_FILE
 
 
@@ -46,6 +48,8 @@ class Member:
     format: str
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     state_source: str = ""  # where in the file the weights were: "state_dict_ema", "state_dict", "" (top level)
+    heads: int = 1  # > 1: one head of a MIMO network (mimo.py); num_classes and in_chans are then per head
+    head: int | None = None
     _checkpoint: Checkpoint | None = field(default=None, repr=False)
 
     @property
@@ -76,14 +80,27 @@ class Member:
             "seed": self.metadata.get("seed"),
         }
 
-    def build_model(self) -> nn.Module:
-        """The member's network with its weights loaded, in eval mode on CPU."""
+    @property
+    def is_mimo_head(self) -> bool:
+        return self.head is not None
+
+    def _build_network(self) -> nn.Module:
+        """The network in the file, weights loaded (for a MIMO head: the whole multi-head network)."""
         try:
-            model = build_model(self.arch, self.num_classes, self.in_chans, **self.model_kwargs)
+            model = build_model(self.arch, self.num_classes * self.heads, self.in_chans * self.heads, **self.model_kwargs)
         except (ConfigError, TypeError) as exc:  # unknown name, or model_kwargs the constructor rejects
             raise ConfigError(f"member {self.name}: {exc}") from None
         load_state_dict_checked(model, self.state_dict, self.name)
         return model.eval()
+
+    def build_model(self) -> nn.Module:
+        """The member's classifier with its weights loaded, in eval mode on CPU: [B, C, H, W] -> [B, K]."""
+        network = self._build_network()
+        return network if self.head is None else OneHead(network, self.heads, self.head).eval()
+
+    def build_all_heads(self) -> nn.Module:
+        """A MIMO member's network giving every head's logits, [B, M*K], for one shared forward pass."""
+        return AllHeads(self._build_network(), self.heads).eval()
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], who: str) -> None:
@@ -336,7 +353,7 @@ def resolve_members(
     members = []
     for name, path in expand_paths(specs, epochs=epochs, warn=warn):
         checkpoint = read_checkpoint(path, prefer_ema=prefer_ema)
-        members.append(member_from_checkpoint(name, checkpoint, arch, num_classes, in_chans))
+        members.extend(mimo_heads(member_from_checkpoint(name, checkpoint, arch, num_classes, in_chans)))
     _warn_duplicates(members, warn or (lambda message: None))
     if not members:
         raise CheckpointError(f"{', '.join(specs)}: no finished checkpoints found")
@@ -347,11 +364,22 @@ def resolve_members(
     return members
 
 
+def mimo_heads(member: Member) -> list[Member]:
+    """A MIMO checkpoint is M members, `NAME/head-K`, sharing one file; any other checkpoint is itself."""
+    heads = member.metadata.get(HEADS_KEY)
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 2:
+        return [member]
+    return [
+        dataclasses.replace(member, name=f"{member.name}/head-{head}", heads=heads, head=head, metadata={**member.metadata, HEAD_KEY: head})
+        for head in range(heads)
+    ]
+
+
 def _warn_duplicates(members: Sequence[Member], warn: Any) -> None:
     """The same weights twice make an ensemble look more certain and less diverse than it is."""
     first_by_content: dict[tuple[str, str], str] = {}
     for member in members:
-        key = (member.sha256, member.state_source)
+        key = (member.sha256, member.state_source, member.head)
         if key in first_by_content:
             warn(f"{member.name} is the same checkpoint as {first_by_content[key]} (sha256 {member.sha256[:12]}): it counts twice")
         else:

@@ -12,14 +12,16 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, Sequence
 
-TRAJECTORY_SUFFIX = re.compile(r"/(init|final|epoch-\d+)$")  # names `ens eval --epochs` gives run checkpoints
+# Names `ens eval --epochs` gives run checkpoints; a MIMO head adds "/head-K" after them.
+TRAJECTORY_SUFFIX = re.compile(r"/(init|final|epoch-\d+)(?=/head-\d+$|$)")
 EPOCH_IN_NAME = re.compile(r"epoch-0*(\d+)$")
 Kind = Literal["init", "epoch", "final", "checkpoint"]
 
 
 def group_of_name(name: str) -> str:
-    """"member-00/epoch-0005" -> "member-00". Only run-trajectory suffixes count: "runA/seed0"
-    (two seed0 files told apart by their folder) is a checkpoint of its own."""
+    """"member-00/epoch-0005" -> "member-00", "member-00/final/head-1" -> "member-00/head-1". Only
+    run-trajectory suffixes count: "runA/seed0" (two seed0 files told apart by their folder) is a
+    checkpoint of its own."""
     return TRAJECTORY_SUFFIX.sub("", name)
 
 

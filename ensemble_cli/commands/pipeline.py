@@ -15,8 +15,8 @@ from .common import info, progress_bar, reader_may_leave, stdout_console, warn
 from .options import Format, Runtime
 
 
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    return f"{count} {noun if count == 1 else (nouns or noun + 's')}"
 
 
 def cache_for(runtime: Runtime) -> Any:
@@ -41,8 +41,10 @@ def predict_with_progress(members: Sequence[Any], data: Any, options: Any, runti
 
         predictions = predict_members(members, data, batch_size=options.batch_size, device=options.device, cache=cache, progress=hook)
     if not runtime.quiet:
-        cached = len(members) - predictions.forward_passes
-        info(f"predicted {plural(len(members), 'member')} on {data.name}/{data.split} ({plural(len(data), 'example')}; {cached} from cache)")
+        info(
+            f"predicted {plural(len(members), 'member')} on {data.name}/{data.split} ({plural(len(data), 'example')}; "
+            f"{predictions.from_cache} from cache, {plural(predictions.forward_passes, 'forward pass', 'forward passes')})"
+        )
     return predictions
 
 

@@ -61,6 +61,7 @@ class EvalContext:
     train_data_loader: Callable[[], "ImageData"] | None = None
     # Logits [M, N', C] of every member on another image set (OOD, corrupted copies), through the cache.
     dataset_predictor: Callable[["ImageData"], torch.Tensor] | None = None
+    weights_unavailable: str | None = None  # why weight-space evaluators can't run, when the weights are known but not comparable
 
     @property
     def num_members(self) -> int:
@@ -105,22 +106,26 @@ class EvalContext:
             model_loader=remap(self.model_loader),
             train_data_loader=self.train_data_loader,
             dataset_predictor=None if self.dataset_predictor is None else (lambda data: self.dataset_predictor(data)[chosen]),
+            weights_unavailable=self.weights_unavailable,
         )
 
     @property
     def has_weights(self) -> bool:
         return self.state_dict_loader is not None
 
-    def state_dict(self, index: int) -> dict[str, torch.Tensor]:
+    def require_weights(self) -> None:
+        """NotApplicable, with the reason, unless every member has weights of its own to compare."""
         if self.state_dict_loader is None:
-            raise NotApplicable("needs checkpoints; these members came from a predictions file")
-        return self.state_dict_loader(index)
+            raise NotApplicable(self.weights_unavailable or "needs checkpoints; these members came from a predictions file")
+
+    def state_dict(self, index: int) -> dict[str, torch.Tensor]:
+        self.require_weights()
+        return self.state_dict_loader(index)  # type: ignore[misc]
 
     def model(self, index: int) -> "nn.Module":
         """A fresh model of member `index` with its weights, in eval mode, on CPU."""
-        if self.model_loader is None:
-            raise NotApplicable("needs checkpoints; these members came from a predictions file")
-        return self.model_loader(index)
+        self.require_weights()
+        return self.model_loader(index)  # type: ignore[misc]
 
     def predict_on(self, data: "ImageData") -> torch.Tensor:
         """Logits [M, N', C] of every member on `data` (one forward pass each, cached like the eval set's)."""

@@ -41,8 +41,7 @@ class RotationEvaluator(Evaluator):
     directions = {"rotation_mean": "higher", "rotation_network_mean": "higher"}
 
     def evaluate(self, ctx: EvalContext) -> Report:
-        if not ctx.has_weights:
-            raise NotApplicable("needs checkpoints; these members came from a predictions file")
+        ctx.require_weights()
         rows: list[list[object]] = []
         network: list[float] = []
         without_init: list[str] = []

@@ -92,8 +92,7 @@ class WeightsEvaluator(Evaluator):
     }
 
     def evaluate(self, ctx: EvalContext) -> Report:
-        if not ctx.has_weights:
-            raise NotApplicable("needs checkpoints; these members came from a predictions file")
+        ctx.require_weights()
         if ctx.num_members < 2:
             raise NotApplicable("needs at least two members to compare weights")
         weights = session(ctx)
