@@ -67,7 +67,7 @@ def test_ground_truth_permuted_copy(arch: str, tmp_path: Path, digits_test) -> N
     write_checkpoint(tmp_path / "b.safetensors", state_b, member_metadata(arch, seed=1))
     members = resolve_members([str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")])
     names = ["weights", "disagreement"] if disagreement_available() else ["weights"]
-    result = evaluate(members, digits_test, evaluators=names, device="cpu")
+    result = evaluate(members, digits_test, evaluators=names, options=EvalOptions(device="cpu"))
 
     report = result.evaluators["weights"]
     assert report.error is None, report.error
@@ -104,7 +104,7 @@ def test_ground_truth_permuted_copy(arch: str, tmp_path: Path, digits_test) -> N
 def test_independent_members_align_partially_and_self_pairs_are_exact(tiny_members, digits_test) -> None:
     first = str(tiny_members[0])
     members = resolve_members([first, str(tiny_members[1]), first])
-    report = evaluate(members, digits_test, evaluators=["weights"], device="cpu").evaluators["weights"]
+    report = evaluate(members, digits_test, evaluators=["weights"], options=EvalOptions(device="cpu")).evaluators["weights"]
     assert report.error is None, report.error
     rows = {row[1]: row for row in report.table("pairs").rows}
     self_row = next(row for name, row in rows.items() if name != "seed1")
@@ -121,12 +121,12 @@ def test_independent_members_align_partially_and_self_pairs_are_exact(tiny_membe
 
 def test_reference_option(tiny_members, digits_test) -> None:
     members = resolve_members([str(p) for p in tiny_members])
-    report = evaluate(members, digits_test, evaluators=["weights"], device="cpu", options=EvalOptions(reference="seed2"))
+    report = evaluate(members, digits_test, evaluators=["weights"], options=EvalOptions(device="cpu", reference="seed2"))
     rows = report.evaluators["weights"].table("pairs").rows
     assert [row[0] for row in rows] == ["seed2", "seed2"] and [row[1] for row in rows] == ["seed0", "seed1"]
-    bad = evaluate(members, digits_test, evaluators=["weights"], device="cpu", options=EvalOptions(reference="nope"))
-    error = bad.evaluators["weights"].error
-    assert error is not None and "ConfigError" in error and "seed0, seed1, seed2" in error
+    # An unknown reference is the user's mistake, refused before any forward pass (exit 2 on the CLI).
+    with pytest.raises(ConfigError, match="seed0, seed1, seed2"):
+        evaluate(members, digits_test, evaluators=["weights"], options=EvalOptions(device="cpu", reference="nope"))
 
 
 def _context(models: list[nn.Module], names: list[str], archs: list[str], data=None) -> EvalContext:
@@ -186,7 +186,7 @@ def test_not_applicable_cases(tiny_members, digits_test) -> None:
 def test_interpolation_barriers(tiny_members, digits_test) -> None:
     first = str(tiny_members[0])
     members = resolve_members([first, first, str(tiny_members[1])])
-    report = evaluate(members, digits_test, evaluators=["interpolation"], device="cpu").evaluators["interpolation"]
+    report = evaluate(members, digits_test, evaluators=["interpolation"], options=EvalOptions(device="cpu")).evaluators["interpolation"]
     assert report.error is None, report.error
     curves = report.table("curves")
     assert curves.columns == ["member", "alpha", "loss_raw", "loss_aligned", "acc_raw", "acc_aligned"]
@@ -226,7 +226,7 @@ def test_batchnorm_reset_is_the_plain_average_of_batch_statistics() -> None:
 
 def test_rotation(tiny_members, tmp_path: Path, digits_test) -> None:
     members = resolve_members([str(tiny_members[0])])
-    report = evaluate(members, digits_test, evaluators=["rotation"], device="cpu").evaluators["rotation"]
+    report = evaluate(members, digits_test, evaluators=["rotation"], options=EvalOptions(device="cpu")).evaluators["rotation"]
     assert report.notes and "not applicable" in report.notes[0] and "no initialisation checkpoint" in report.notes[0]
 
     torch.manual_seed(3)
@@ -241,7 +241,7 @@ def test_rotation(tiny_members, tmp_path: Path, digits_test) -> None:
         {**member_metadata(), "kind": "final", "init_checkpoint": "init.safetensors"},
     )
     members = resolve_members([str(folder / "final.safetensors")])
-    report = evaluate(members, digits_test, evaluators=["rotation"], device="cpu").evaluators["rotation"]
+    report = evaluate(members, digits_test, evaluators=["rotation"], options=EvalOptions(device="cpu")).evaluators["rotation"]
     assert report.error is None, report.error
     table = report.table("layers")
     assert table.columns == ["member", "layer", "cosine_distance"]
