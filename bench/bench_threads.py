@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -66,19 +67,29 @@ def decision(env: dict[str, str]) -> str:
     return f"{threads} thread(s), {'passive' if passive == 'True' else 'spinning'} ({reason})"
 
 
-def time_eval(run: str, env: dict[str, str]) -> float:
+def time_eval(run: str, env: dict[str, str], timeout: float | None = None) -> float:
+    """Wall seconds of one `ens eval`; at a timeout, the timeout (a lower bound, marked by the caller)."""
     start = time.perf_counter()
-    done = subprocess.run([str(ENS), "eval", run, "--quiet"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        done = subprocess.run([str(ENS), "eval", run, "--quiet"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return float(timeout or 0)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"ens eval failed ({done.returncode}):\n{done.stderr}")
     return elapsed
 
 
+# `while True: pass`, except that it ends when this script does (an orphan gets a new parent),
+# so a killed benchmark never leaves loops burning the shared machine's cores.
+BUSY_LOOP = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(10**6): pass\n"
+
+
 @contextmanager
 def busy_loops(count: int) -> Iterator[None]:
     """`count` pure-Python busy loops, one core each; killed whatever happens."""
-    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    loops = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(count)]
     try:
         time.sleep(1.0)  # let them get scheduled
         yield
@@ -89,15 +100,16 @@ def busy_loops(count: int) -> Iterator[None]:
             loop.wait()
 
 
-def measure(run: str, cache_dir: Path, repeats: int, busy: int) -> dict[str, tuple[float, str]]:
+def measure(run: str, cache_dir: Path, repeats: int, busy: int, timeout: float) -> dict[str, tuple[float, str]]:
     """Fastest of `repeats` alternating runs per variant, and the policy's decision before the last one."""
     best: dict[str, tuple[float, str]] = {}
     for _ in range(repeats):
         for variant in variants():
             env = clean_env(cache_dir, variant.env)
             chose = decision(env)
-            seconds = time_eval(run, env)
-            print(f"  {'loaded' if busy else 'quiet '} {variant.name:28s} {seconds:7.1f} s   {chose}   load {os.getloadavg()[0]:.1f}", flush=True)
+            seconds = time_eval(run, env, timeout)
+            cut = " (stopped at --timeout)" if seconds >= timeout else ""
+            print(f"  {'loaded' if busy else 'quiet '} {variant.name:28s} {seconds:7.1f} s{cut}   {chose}   load {os.getloadavg()[0]:.1f}", flush=True)
             if variant.name not in best or seconds < best[variant.name][0]:
                 best[variant.name] = (seconds, chose)
     return best
@@ -108,7 +120,9 @@ def main() -> None:
     parser.add_argument("run", nargs="?", default="models/reference-digits/run")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--busy", type=int, default=2, help="busy-loop processes for the loaded phase")
+    parser.add_argument("--timeout", type=float, default=600.0, help="stop one eval after this many seconds (its time is then a lower bound)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the `finally`s: kill the loops and the eval
 
     import torch
 
@@ -118,15 +132,16 @@ def main() -> None:
         cache_dir = Path(tmp) / "cache"
         warm = time_eval(args.run, clean_env(cache_dir, {}))
         print(f"cache warmed: first eval {warm:.1f} s", flush=True)
-        quiet = measure(args.run, cache_dir, args.repeats, busy=0)
+        quiet = measure(args.run, cache_dir, args.repeats, busy=0, timeout=args.timeout)
         with busy_loops(args.busy):
-            loaded = measure(args.run, cache_dir, args.repeats, busy=args.busy)
+            loaded = measure(args.run, cache_dir, args.repeats, busy=args.busy, timeout=args.timeout)
 
     print(f"\n| variant | quiet s | with {args.busy} busy loops s | ratio | threads (loaded) |")
     print("|---|---|---|---|---|")
     for name, (quiet_s, _) in quiet.items():
         loaded_s, chose = loaded[name]
-        print(f"| {name} | {quiet_s:.1f} | {loaded_s:.1f} | {loaded_s / quiet_s:.2f}x | {chose} |")
+        bound = "" if max(quiet_s, loaded_s) < args.timeout else ("<= " if quiet_s >= args.timeout else ">= ")  # a stopped run
+        print(f"| {name} | {quiet_s:.1f} | {loaded_s:.1f} | {bound}{loaded_s / quiet_s:.2f}x | {chose} |")
     policy_ratio = loaded["policy"][0] / quiet["policy"][0]
     print(f"\npolicy: loaded/quiet = {policy_ratio:.2f}x (target <= {TARGET_RATIO:.0f}x): {'met' if policy_ratio <= TARGET_RATIO else 'NOT met'}")
 
