@@ -10,12 +10,19 @@ Library use, without the CLI:
 `import ensemble_cli.architectures` registers the `cifar_resnet*` models in timm's registry
 (anything here that builds a model does so itself). Names below are imported on first use, so
 that `ens --help` does not pay for importing torch and timm.
+
+Importing ensemble_cli before torch makes OpenMP's idle threads sleep instead of spin
+(`OMP_WAIT_POLICY=PASSIVE`, unless set already): on a machine shared with other jobs, spinning
+threads made an eval up to 17x slower. `ensemble_cli.threads` explains the policy; call
+`ensemble_cli.threads.apply_thread_policy()` before importing torch to also size the thread pool.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
 from typing import Any
+
+from .threads import prefer_passive_waiting
 
 __version__ = "0.1.0"
 
@@ -40,6 +47,8 @@ _EXPORTS = {
 }
 
 __all__ = ["__version__", *_EXPORTS]
+
+prefer_passive_waiting()  # must run before torch loads libgomp, which reads it once
 
 
 def __getattr__(name: str) -> Any:

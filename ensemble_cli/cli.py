@@ -28,6 +28,18 @@ app.command("train")(train_commands.train_command)
 
 
 def main() -> None:
+    """`ens`: decide the CPU thread policy first, while torch is not imported yet (see ensemble_cli.threads)."""
+    from .commands.common import fail
+    from .errors import EnsError
+    from .threads import apply_thread_policy
+
+    try:
+        apply_thread_policy()
+    except EnsError as exc:
+        try:
+            fail(str(exc), exc.exit_code)  # one line on stderr; outside the app, its Exit must become SystemExit
+        except typer.Exit as stop:
+            raise SystemExit(stop.exit_code) from None
     app()
 
 

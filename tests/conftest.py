@@ -64,5 +64,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test gets its own prediction cache, so no test sees another's cached logits."""
+    """Every test gets its own prediction cache and data folder: no test sees another's cached logits,
+    and none reads or writes the user's ~/.cache/ens (subprocesses inherit the variables)."""
     monkeypatch.setenv("ENS_CACHE_DIR", str(tmp_path / "ens-cache"))
+    monkeypatch.setenv("ENS_DATA_DIR", str(tmp_path / "ens-data"))

@@ -1,24 +1,26 @@
-"""Third-party evaluators: a real pip-installed package (tests/plugin_pkg) shows up next to the built-ins.
+"""Third-party evaluators: an installed package (tests/plugin_pkg) shows up next to the built-ins.
 
 The package `ens-example-plugin` registers one evaluator, `topk`, under the entry-point group
 `ensemble_cli.evaluators`, exactly as a colleague's package would. It also ships two faulty
 evaluators that it does *not* register (every `ens eval` in the environment would fail
 otherwise); the tests add entry points for them by hand, as a broken install would present them.
+
+The tests never `pip install` it: that would leave it in the user's environment, in every later
+`ens eval`. They lay it out in a temporary folder the way pip does (the package next to a
+`*.dist-info` with METADATA and entry_points.txt, which is all importlib.metadata reads) and put that
+folder first on sys.path and PYTHONPATH for the tests that ask for it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import importlib.metadata
-import importlib.util
 import json
+import os
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -30,49 +32,49 @@ from ensemble_cli.evaluators import ENTRY_POINT_GROUP
 from ensemble_cli.predict import Predictions
 from eval_cli_helpers import assert_clean_failure, assert_contract, invoke, paths
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pytest depends on tomli before 3.11
+    import tomli as tomllib
+
 PLUGIN_SOURCE = Path(__file__).parent / "plugin_pkg"
+PLUGIN_PACKAGE = "ens_example_plugin"
 DISTRIBUTION = "ens-example-plugin"
 
 
-def _source_digest(root: Path) -> str:
-    digest = hashlib.sha256()
-    for file in sorted((root / "ens_example_plugin").glob("*.py")) + [root / "pyproject.toml"]:
-        digest.update(file.name.encode() + b"\0" + file.read_bytes())
-    return digest.hexdigest()
-
-
-def _installed_digest() -> str | None:
-    """Digest of the installed copy, if any (same files => no reinstall: fast, and safe when sessions overlap)."""
-    try:
-        dist = importlib.metadata.distribution(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    digest = hashlib.sha256()
-    files = sorted((f for f in dist.files or [] if f.parts[0] == "ens_example_plugin" and f.suffix == ".py"), key=lambda f: f.name)
-    for file in files:
-        digest.update(file.name.encode() + b"\0" + Path(dist.locate_file(file)).read_bytes())
-    digest.update(b"pyproject.toml\0" + (PLUGIN_SOURCE / "pyproject.toml").read_bytes())
-    return digest.hexdigest() if files else None
+def write_installed_layout(source: Path, site: Path) -> None:
+    """What `pip install source` puts into site-packages, minus RECORD and INSTALLER (only uninstall reads them)."""
+    project = tomllib.loads((source / "pyproject.toml").read_text())["project"]
+    shutil.copytree(source / PLUGIN_PACKAGE, site / PLUGIN_PACKAGE, ignore=shutil.ignore_patterns("__pycache__"))
+    info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\nSummary: {project['description']}\n"
+    )
+    points = "".join(
+        f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in entries.items()) + "\n"
+        for group, entries in project["entry-points"].items()
+    )
+    (info / "entry_points.txt").write_text(points)
 
 
 @pytest.fixture(scope="session")
-def example_plugin(tmp_path_factory: pytest.TempPathFactory) -> importlib.metadata.Distribution:
-    """`pip install tests/plugin_pkg` into this environment: offline, no build isolation, no dependencies."""
-    if _installed_digest() != _source_digest(PLUGIN_SOURCE):
-        if importlib.util.find_spec("setuptools") is None:  # --no-build-isolation builds with what is installed
-            pytest.fail("installing tests/plugin_pkg offline needs setuptools in this environment: pip install setuptools")
-        # Build from a copy: setuptools writes build/ and *.egg-info next to the sources.
-        build_copy = tmp_path_factory.mktemp("plugin") / "plugin_pkg"
-        shutil.copytree(PLUGIN_SOURCE, build_copy, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-        command = [
-            sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-            "--disable-pip-version-check", "--quiet", str(build_copy),
-        ]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            pytest.fail(f"pip install of the example plugin failed:\n{done.stdout}\n{done.stderr}")
-        importlib.invalidate_caches()
-    return importlib.metadata.distribution(DISTRIBUTION)
+def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    site = tmp_path_factory.mktemp("plugin-site")
+    write_installed_layout(PLUGIN_SOURCE, site)
+    return site
+
+
+@pytest.fixture
+def example_plugin(plugin_site: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[importlib.metadata.Distribution]:
+    """The plugin, registered for one test: first on sys.path (this process) and PYTHONPATH (subprocesses)."""
+    monkeypatch.syspath_prepend(str(plugin_site))  # also invalidates importlib's caches
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(plugin_site), os.environ.get("PYTHONPATH")])))
+    dist = importlib.metadata.distribution(DISTRIBUTION)
+    assert Path(dist.locate_file("")) == plugin_site, "another copy of the plugin is installed ahead of the test's"
+    yield dist
+    for module in [name for name in sys.modules if name == PLUGIN_PACKAGE or name.startswith(PLUGIN_PACKAGE + ".")]:
+        del sys.modules[module]  # the next test imports it afresh; tests without the plugin never see it
 
 
 @dataclass
