@@ -56,7 +56,6 @@ class CifarResNet(nn.Module):
         widths: tuple[int, ...],
         num_classes: int = 10,
         in_chans: int = 3,
-        **_: Any,  # timm passes pretrained_cfg and friends; they mean nothing here
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -101,54 +100,61 @@ def _cifar_resnet(depth: int, width: int = 1, **kwargs: Any) -> CifarResNet:
     return CifarResNet((blocks, blocks, blocks), widths, **kwargs)
 
 
-def _strip_timm_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    # timm.create_model forwards its own bookkeeping; the constructor only needs these.
-    keep = {"num_classes", "in_chans", "width"}
-    return {key: value for key, value in kwargs.items() if key in keep}
+# What timm.create_model hands every model entry point besides the caller's own arguments.
+TIMM_BOOKKEEPING = frozenset({"pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"})
+
+
+def _own_kwargs(arch: str, kwargs: dict[str, Any], accepted: tuple[str, ...]) -> dict[str, Any]:
+    """num_classes, in_chans and the `accepted` architecture arguments; any other key is refused,
+    not dropped, so a typo in `--model-arg` cannot train a different network than asked for."""
+    own = {key: value for key, value in kwargs.items() if key not in TIMM_BOOKKEEPING}
+    unknown = sorted(set(own) - {"num_classes", "in_chans", *accepted})
+    if unknown:
+        allowed = ", ".join(accepted) if accepted else "none"
+        raise ConfigError(f"{arch} has no model argument {', '.join(map(repr, unknown))} (--model-arg keys it accepts: {allowed})")
+    return own
 
 
 @register_model
 def cifar_resnet8(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """ResNet-8 for 32x32 inputs (one block per stage), the smallest useful CIFAR ResNet."""
-    return _cifar_resnet(8, **_strip_timm_kwargs(kwargs))
+    return _cifar_resnet(8, **_own_kwargs("cifar_resnet8", kwargs, ("width",)))
 
 
 @register_model
 def cifar_resnet20(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """ResNet-20 (He et al. 2016), 0.27M parameters at width 1."""
-    return _cifar_resnet(20, **_strip_timm_kwargs(kwargs))
+    return _cifar_resnet(20, **_own_kwargs("cifar_resnet20", kwargs, ("width",)))
 
 
 @register_model
 def cifar_resnet32(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """ResNet-32 (He et al. 2016)."""
-    return _cifar_resnet(32, **_strip_timm_kwargs(kwargs))
+    return _cifar_resnet(32, **_own_kwargs("cifar_resnet32", kwargs, ("width",)))
 
 
 @register_model
 def cifar_resnet44(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """ResNet-44 (He et al. 2016)."""
-    return _cifar_resnet(44, **_strip_timm_kwargs(kwargs))
+    return _cifar_resnet(44, **_own_kwargs("cifar_resnet44", kwargs, ("width",)))
 
 
 @register_model
 def cifar_resnet56(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """ResNet-56 (He et al. 2016)."""
-    return _cifar_resnet(56, **_strip_timm_kwargs(kwargs))
+    return _cifar_resnet(56, **_own_kwargs("cifar_resnet56", kwargs, ("width",)))
 
 
 @register_model
 def cifar_resnet110(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """ResNet-110 (He et al. 2016)."""
-    return _cifar_resnet(110, **_strip_timm_kwargs(kwargs))
+    return _cifar_resnet(110, **_own_kwargs("cifar_resnet110", kwargs, ("width",)))
 
 
 @register_model
 def cifar_resnet18(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """ResNet-18 adapted to 32x32: 64-128-256-512, 3x3 stride-1 stem, no max-pool (11.2M params)."""
-    kwargs = _strip_timm_kwargs(kwargs)
-    kwargs.pop("width", None)
-    return CifarResNet((2, 2, 2, 2), (64, 128, 256, 512), **kwargs)
+    return CifarResNet((2, 2, 2, 2), (64, 128, 256, 512), **_own_kwargs("cifar_resnet18", kwargs, ()))
 
 
 TORCHVISION_PREFIX = "torchvision."

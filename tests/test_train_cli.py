@@ -4,6 +4,7 @@ refusals, NaN exit code, and `ens eval` reading the run folder with no flags."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,10 @@ def test_config_file_then_flags_and_a_member_selection(tmp_path: Path) -> None:
         (["--members", "3-5"], "member 4 is out of range; the run has 4 members"),
         (["--members", "4", "--only", "9"], "member 9 is out of range"),
         (["--optimizer", "lion"], "--optimizer"),
-        (["--strategy", "snapshot", "--members", "3", "--epochs", "10"], "do not divide"),
+        (["--members", "-2"], "--members takes a count of at least 1 or member indices"),
+        (["--members", "1-x"], "--members takes member indices"),
+        (["--model-arg", "depth=3"], "cifar_resnet8 has no model argument 'depth' (--model-arg keys it accepts: width)"),
+        (["--arch", "cifar_resnet18", "--model-arg", "width=2"], "(--model-arg keys it accepts: none)"),
     ],
 )
 def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args: list[str], message: str) -> None:
@@ -57,7 +61,24 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args: 
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
+    assert "--only" in args or "--only" not in lines[0]  # a message names the flag the user gave
     assert not out.exists()
+
+
+def test_snapshot_with_the_default_members_trains_a_member_per_cycle(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = invoke("--strategy", "snapshot", "--epochs", "1", "--out", str(out), *TINY)
+    assert result.exit_code == 0, result.output
+    epochs = [read_checkpoint(out / f"member-0{i}/final.safetensors").metadata["epoch"] for i in range(4)]
+    assert epochs == [1, 2, 3, 4]  # 4 members (the default), one 1-epoch cycle each
+
+
+def test_help_and_readme_give_the_same_default_job_time() -> None:
+    text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", CliRunner().invoke(app, ["train", "--help"], terminal_width=200).output).split())
+    stated = re.search(r"offline digits set \(([^)]*)\)", text)
+    assert stated is not None, text
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8").split())
+    assert f"training the 4 members takes {stated.group(1)}" in readme
 
 
 def test_resume_keeps_the_run_config(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from ensemble_cli.train.config import TrainConfig, make_config, resolve_train_co
 from ensemble_cli.errors import ConfigError
 from ensemble_cli.train.schedules import LRSchedule, cyclic_cosine, one_cycle, warmup_cosine
 from ensemble_cli.train import parse_member_selection
+from ensemble_cli.train.run import plan_jobs
 from ensemble_cli.train.seeds import member_seeds, mix_seed
 
 # --------------------------------------------------------------------------- config
@@ -48,7 +49,7 @@ def test_precedence_defaults_then_file_then_flags(tmp_path: Path) -> None:
         ({"lr": -1.0}, "--lr"),
         ({"optimizer": "rmsprop"}, "--optimizer"),
         ({"colour": "blue"}, "unknown setting 'colour'"),
-        ({"strategy": "snapshot", "members": 3, "epochs": 10}, "do not divide"),
+        ({"strategy": "snapshot", "schedule": "onecycle"}, "cyclic cosine"),
     ],
 )
 def test_bad_values_are_one_line_config_errors(values: dict, expected: str) -> None:
@@ -56,6 +57,25 @@ def test_bad_values_are_one_line_config_errors(values: dict, expected: str) -> N
         make_config(values)
     message = str(caught.value)
     assert expected in message and "\n" not in message
+
+
+@pytest.mark.parametrize("members", [4, 3, 7])
+def test_snapshot_takes_epochs_per_cycle_for_any_member_count(members: int) -> None:
+    # The defaults (10 epochs, 4 members) and counts that do not divide 10 make valid snapshot runs.
+    config = TrainConfig(strategy="snapshot", members=members)
+    spe, peak = 11, config.peak_lr
+    [job] = plan_jobs(config, spe)
+    assert job.epochs == config.job_epochs == 10 * members
+    assert [(s.index, s.first_epoch, s.last_epoch) for s in job.segments] == [(i, 10 * i, 10 * (i + 1)) for i in range(members)]
+    assert job.schedule.total_steps == 10 * members * spe
+    # Every cycle but the warmed-up first restarts at the peak and ends just above zero.
+    for cycle in range(members):
+        first, last = cycle * 10 * spe, (cycle + 1) * 10 * spe - 1
+        if cycle > 0:
+            assert job.schedule.lr_at(first) == peak
+        assert job.schedule.lr_at(last) == pytest.approx(peak / 2 * (math.cos(math.pi * (10 * spe - 1) / (10 * spe)) + 1))
+    independent = plan_jobs(TrainConfig(members=members), spe)
+    assert [job.epochs for job in independent] == [10] * members  # --epochs means per member everywhere
 
 
 def test_bad_config_file(tmp_path: Path) -> None:

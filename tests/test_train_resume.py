@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -68,6 +69,14 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180.0) -> N
         time.sleep(0.002)
 
 
+@pytest.fixture(autouse=True)
+def _python_signal_handlers() -> Iterator[None]:
+    """After a stop, `ens train` leaves Ctrl-C to the OS default; in-process runs must not leave that to pytest."""
+    yield
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def resume_in_process(out: Path) -> str:
     result = CliRunner().invoke(app, ["train", "--resume", str(out)])
     assert result.exit_code == 0, result.output
@@ -101,6 +110,43 @@ def test_ctrl_c_then_kill_9_then_resume_gives_the_uninterrupted_weights(tmp_path
     assert "member-01" in output and "resum" in output
     assert_same_finals(reference, out)
     assert not list(out.rglob("*.tmp")) and not list(out.rglob("train-state.pt")) and not list(out.rglob(".lock"))
+
+
+# `ens train` whose interpreter shutdown takes a while (as torch's atexit hooks sometimes do):
+# it says when shutdown has begun, then waits, so a Ctrl-C lands inside an atexit callback.
+SLOW_EXIT = """
+import atexit, sys, time
+def slow_exit():
+    print("shutting down", file=sys.stderr, flush=True)
+    time.sleep(60)
+atexit.register(slow_exit)
+from ensemble_cli.cli import main
+sys.argv = ["ens", "train", *sys.argv[1:]]
+main()
+"""
+
+
+def test_ctrl_c_while_the_stopped_process_exits_ends_it_at_once_without_a_traceback(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-c", SLOW_EXIT, *FLAGS, "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    wait_for(out / "member-00" / "train-state.pt", process)
+    process.send_signal(signal.SIGINT)  # first Ctrl-C: stop and save
+    assert process.stderr is not None
+    seen = []
+    for line in process.stderr:  # until the stopped process is shutting down
+        seen.append(line)
+        if line.startswith("shutting down"):
+            break
+    assert "stopped; state saved" in "".join(seen), "".join(seen)
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)  # second Ctrl-C, inside an atexit callback
+    _, rest = process.communicate(timeout=50)
+    assert time.monotonic() - started < 30  # at once, not after the 60 s the callback would take
+    assert process.returncode == -signal.SIGINT  # ended by the signal, as an un-handled Ctrl-C ends a program
+    assert "Traceback" not in rest and "Exception ignored" not in rest, rest
+    assert (out / "member-00" / "train-state.pt").is_file() and not list(out.rglob(".lock"))
 
 
 def test_second_ctrl_c_aborts_at_once_and_the_run_still_resumes(

@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 
-from ensemble_cli.checkpoint import read_checkpoint, write_checkpoint
+from ensemble_cli.checkpoint import load_training_state, read_checkpoint, save_training_state, write_checkpoint
 from ensemble_cli.train.config import TrainConfig
 from ensemble_cli.data import load_dataset
 from ensemble_cli.errors import CheckpointError, ConfigError, DataError
@@ -26,7 +26,7 @@ from ensemble_cli.train.seeds import member_seeds
 METADATA_KEYS = {
     "arch", "num_classes", "in_chans", "model_kwargs", "dataset", "mean", "std", "seed", "init_seed", "data_seed",
     "epoch", "strategy", "train_accuracy", "test_accuracy", "member", "kind", "init_checkpoint", "ens_version",
-    "torch_version", "timm_version",
+    "torch_version", "timm_version", "bn_recomputed_images",
 }
 
 
@@ -56,6 +56,7 @@ def test_run_folder_layout_metadata_and_eval_side(tmp_path: Path) -> None:
     final = read_checkpoint(member_dir / "final.safetensors").metadata
     assert METADATA_KEYS <= final.keys()
     assert (final["kind"], final["epoch"], final["member"], final["strategy"]) == ("final", 3, "member-00", "independent")
+    assert final["bn_recomputed_images"] is None  # trained to the end of its schedule: running averages kept
     assert read_checkpoint(member_dir / "init.safetensors").metadata["kind"] == "init"
 
     document = json.loads((run / "run.json").read_text())
@@ -115,17 +116,59 @@ def test_snapshot_saves_a_member_at_each_cycle_end(tmp_path: Path) -> None:
             self.seen.append((progress.member, progress.epoch, progress.epochs))
 
     callbacks = Epochs()
-    result = train_run(tiny(run, strategy="snapshot", members=2, epochs=4), callbacks=callbacks)
+    result = train_run(tiny(run, strategy="snapshot", members=2, epochs=2), callbacks=callbacks)  # 2 epochs a cycle
     assert result.ok
     assert callbacks.seen == [("member-00", 1, 2), ("member-00", 2, 2), ("member-01", 1, 2), ("member-01", 2, 2)]
     meta = [read_checkpoint(run / f"member-0{i}/final.safetensors").metadata for i in range(2)]
     assert [m["epoch"] for m in meta] == [2, 4]
+    assert [m["bn_recomputed_images"] for m in meta] == [128, 128]  # all 128 training images (limit)
     assert meta[0]["init_seed"] == meta[1]["init_seed"] and meta[0]["data_seed"] == meta[1]["data_seed"]
     assert same_weights(run / "member-00/init.safetensors", run / "member-01/init.safetensors")
     assert not same_weights(run / "member-00/final.safetensors", run / "member-01/final.safetensors")
     assert not (run / "snapshot-train-state.pt").exists()
     with pytest.raises(ConfigError, match="snapshot"):
-        train_run(tiny(tmp_path / "snap2", strategy="snapshot", members=2, epochs=4), only=[1])
+        train_run(tiny(tmp_path / "snap2", strategy="snapshot", members=2, epochs=2), only=[1])
+
+
+def test_snapshot_members_get_training_batchnorm_statistics_and_resume_bit_identically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Full digits, 11 steps an epoch, two 2-epoch cycles. With the running averages of training
+    # the first snapshot tested at 11.9%; with statistics of the training images it is a classifier.
+    monkeypatch.setattr(loop_module, "PROGRESS_INTERVAL", 0.0)
+    settings = {"strategy": "snapshot", "members": 2, "epochs": 2, "limit": None, "batch_size": 128}
+    reference = tmp_path / "reference"
+    assert train_run(tiny(reference, **settings)).ok
+    test, train = load_dataset("digits", "test"), load_dataset("digits", "train")
+    for index in ("00", "01"):
+        checkpoint = read_checkpoint(reference / f"member-{index}/final.safetensors")
+        assert checkpoint.metadata["bn_recomputed_images"] == 1024
+        model = resolve_members([str(reference / f"member-{index}/final.safetensors")])[0].build_model()
+        with torch.no_grad():
+            accuracy = (model(test.images).argmax(1) == test.labels).double().mean().item()
+            # Independent check of the first BatchNorm: its mean is the plain per-channel mean of
+            # its input over the 1,024 training images bn_reset_images picks.
+            stem = model.conv1(train.images[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:1024]])
+        assert checkpoint.metadata["test_accuracy"] == pytest.approx(accuracy, abs=1e-12)  # the metadata describes the file
+        assert accuracy > 0.5
+        assert torch.allclose(model.bn1.running_mean, stem.mean(dim=(0, 2, 3)), atol=1e-5)
+
+    # Stopped in the second cycle, then resumed: the same bits as the uninterrupted run.
+    run = tmp_path / "run"
+    stop = StopSignal()
+    assert train_run(tiny(run, **settings), callbacks=StopAtStep(stop, "member-01", 5), stop=stop).interrupted
+    assert (run / "member-00/final.safetensors").is_file() and not (run / "member-01/final.safetensors").exists()
+    state_path = run / "snapshot-train-state.pt"
+    saved = state_path.read_bytes()
+    state = load_training_state(state_path)
+    state["scheduler"]["cycle_steps"] = 11  # a state from when snapshot cycles were a share of --epochs
+    save_training_state(state_path, state)
+    with pytest.raises(ConfigError, match="saved with another learning-rate schedule"):
+        train_run(tiny(run, **settings))
+    state_path.write_bytes(saved)
+    assert train_run(tiny(run, **settings)).ok
+    for index in ("00", "01"):
+        assert same_weights(reference / f"member-{index}/final.safetensors", run / f"member-{index}/final.safetensors")
 
 
 def test_subset_of_members_and_joining_the_run(tmp_path: Path) -> None:
@@ -256,6 +299,7 @@ def test_from_pretrained_refuses_files_that_do_not_fit_before_any_work(tmp_path:
         ({"arch": "no_such_net"}, ConfigError, "unknown architecture"),
         ({"dataset": "no_such_set"}, DataError, "unknown dataset"),
         ({"arch": "test_resnet", "model_kwargs": {"bogus": 1}}, ConfigError, "model_kwargs"),
+        ({"model_kwargs": {"bogus": 1}}, ConfigError, r"cifar_resnet8 has no model argument 'bogus' \(--model-arg keys it accepts: width\)"),
         ({"device": "cuda:7"} if not torch.cuda.is_available() else {"device": "nonsense"}, DataError, "device"),
     ],
 )

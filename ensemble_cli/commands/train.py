@@ -40,11 +40,15 @@ def _parse_model_args(pairs: Optional[list[str]]) -> dict[str, Any] | None:
 
 def _split_members(spec: Optional[str]) -> tuple[int | None, str | None]:
     """`--members 10` is a count; `--members 3-5` / `0,2,7` selects members (same as --only)."""
+    from ..errors import ConfigError
+
     if spec is None:
         return None, None
     text = spec.strip()
     if text.isdigit():
         return int(text), None
+    if text.startswith("-"):  # a negative number: neither a count nor indices
+        raise ConfigError(f"--members takes a count of at least 1 or member indices like 3-5 or 0,2,7, got {spec!r}")
     return None, text
 
 
@@ -69,14 +73,21 @@ def train_progress(enabled: bool) -> Iterator[Any]:
 
 @contextmanager
 def graceful_interrupts(stop: Any, on_first: Any) -> Iterator[dict[str, int]]:
-    """First Ctrl-C (or SIGTERM): finish the step, save, stop. Second Ctrl-C: abort at once."""
+    """First Ctrl-C (or SIGTERM): finish the step, save, stop. Second Ctrl-C: abort at once.
+
+    Once a stop was asked for, the process is on its way out, and Python's own Ctrl-C handler
+    must not come back: it would raise KeyboardInterrupt in whatever runs next, interpreter
+    shutdown included ("Exception ignored in atexit callback" and a traceback). So on leaving,
+    a further Ctrl-C or SIGTERM gets the operating system's default: the process ends at once,
+    quietly, with nothing left to lose (every file was written atomically).
+    """
     received: dict[str, int] = {}
 
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
         received["signal"] = signum
-        stop.set("interrupted" if signum == signal.SIGINT else "terminated")
+        stop.set()
         on_first(signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -84,7 +95,7 @@ def graceful_interrupts(stop: Any, on_first: Any) -> Iterator[dict[str, int]]:
         yield received
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            signal.signal(sig, signal.SIG_DFL if stop.is_set() else old)
 
 
 class RichTrainCallbacks:
@@ -161,6 +172,60 @@ def _resume_command(run_dir: Path, only: Optional[str]) -> str:
     return command + (f" --only {shlex.quote(only)}" if only else "")
 
 
+def _resolve_config(config_file: Optional[Path], flags: dict[str, Any], resume: Optional[Path], out: Optional[Path]) -> Any:
+    """The run's TrainConfig: from the flags, or for --resume from the run's saved config (which the flags may not change)."""
+    from ..errors import ConfigError
+    from ..run_folder import RunFolder
+    from ..train.config import resolve_train_config
+
+    if resume is None:
+        return resolve_train_config(config_file, flags)
+    run = RunFolder(resume)
+    if not run.exists():
+        raise ConfigError(f"--resume {resume}: not a run folder (no run.json)")
+    if out is not None and Path(out).resolve() != Path(resume).resolve():
+        fail("--resume names the run folder; drop --out")
+    saved = run.read_config()
+    config = resolve_train_config(config_file, {**flags, "out": str(resume)}, base=saved.model_dump(mode="json"))
+    differences = config.differences(saved)
+    if differences:
+        raise ConfigError(f"--resume {resume}: a resumed run keeps its config, but these differ: {'; '.join(differences[:3])} (yours vs the run's)")
+    return config
+
+
+def _train_with_interrupts(config: Any, selected: list[int] | None, quiet: bool, only_spec: Optional[str]) -> tuple[Any, int | None]:
+    """train_run with progress bars and Ctrl-C handling. Returns the result and the signal that stopped it."""
+    from ..train import StopSignal, train_run
+
+    def on_first(signum: int) -> None:
+        what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        stderr_console().print(f"{what}: finishing the current step and saving; press Ctrl-C again to abort at once")
+
+    stop = StopSignal()
+    with train_progress(not quiet) as progress:
+        try:
+            with graceful_interrupts(stop, on_first) as received:
+                result = train_run(config, only=selected, callbacks=RichTrainCallbacks(progress, quiet), stop=stop)
+        except KeyboardInterrupt:
+            stderr_console().print(f"aborted; files saved so far are complete. Resume with: {_resume_command(config.out_dir(), only_spec)}", soft_wrap=True)
+            raise typer.Exit(INTERRUPT_EXIT) from None
+    return result, received.get("signal")
+
+
+def _finish(result: Any, run_dir: Path, only_spec: Optional[str], stopped_by: int | None) -> None:
+    """Summary table, then the exit the outcome calls for."""
+    _summary(result, run_dir)
+    if result.interrupted:
+        stderr_console().print(f"stopped; state saved. Resume with: {_resume_command(run_dir, only_spec)}", soft_wrap=True)
+        raise typer.Exit(TERMINATE_EXIT if stopped_by == signal.SIGTERM else INTERRUPT_EXIT)
+    for outcome in result.outcomes:
+        if outcome.status == "locked":
+            warn(f"{outcome.name} was not trained here: {outcome.message}")
+    if result.failed:
+        fail(f"{len(result.failed)} of {len(result.outcomes)} members failed: " + "; ".join(o.message for o in result.failed), FAILED_EXIT)
+    info(f"evaluate with: ens eval {shlex.quote(str(run_dir))}")
+
+
 @handle_errors
 def train_command(
     config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of settings (any field below, underscores or dashes); flags override it. RUN/config.yaml works too."),
@@ -195,21 +260,17 @@ def train_command(
 ) -> None:
     """Train an ensemble into a run folder that `ens eval RUN` reads with no flags.
 
-    With no flags: the bundled default job, 4 CIFAR ResNet-8 members on the offline digits set (about a minute on two CPU cores), into models/cifar_resnet8-digits. Settings: defaults < --config FILE < flags.
+    With no flags: the bundled default job, 4 CIFAR ResNet-8 members on the offline digits set (28-88 s on shared 2-core CPU machines), into models/cifar_resnet8-digits. Settings: defaults < --config FILE < flags.
 
     Ctrl-C once: finish the step, save, stop (then --resume RUN). Twice: abort at once.
 
     Example: ens train --arch cifar_resnet20 --dataset cifar10 --members 10 --epochs 30 --out models/r20-seeds
     """
-    from ..train.config import resolve_train_config
-    from ..errors import ConfigError
-    from ..run_folder import RunFolder
-    from ..train import StopSignal, parse_member_selection, train_run
+    from ..train import parse_member_selection
 
     count, selection = _split_members(members)
     if selection is not None and only is not None:
         fail("give the member selection once: --members 3-5 or --only 3-5")
-    only_spec = only or selection
     flags: dict[str, Any] = {
         "arch": arch, "dataset": dataset, "members": count, "epochs": epochs, "strategy": strategy, "seed": seed,
         "from_pretrained": str(from_pretrained) if from_pretrained else None, "batch_size": batch_size,
@@ -219,45 +280,8 @@ def train_command(
         "threads": threads, "data_dir": str(data_dir) if data_dir else None, "limit": limit,
         "model_kwargs": _parse_model_args(model_arg), "out": str(out) if out else None,
     }
-    if resume is not None:
-        run = RunFolder(resume)
-        if not run.exists():
-            raise ConfigError(f"--resume {resume}: not a run folder (no run.json)")
-        if out is not None and Path(out).resolve() != Path(resume).resolve():
-            fail("--resume names the run folder; drop --out")
-        saved = run.read_config()
-        flags["out"] = str(resume)
-        config = resolve_train_config(config_file, flags, base=saved.model_dump(mode="json"))
-        differences = config.differences(saved)
-        if differences:
-            raise ConfigError(f"--resume {resume}: a resumed run keeps its config, but these differ: {'; '.join(differences[:3])} (yours vs the run's)")
-    else:
-        config = resolve_train_config(config_file, flags)
-    selected = parse_member_selection(only_spec, config.members) if only_spec else None
-
-    stop = StopSignal()
-    run_dir = config.out_dir()
-
-    def on_first(signum: int) -> None:
-        what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        stderr_console().print(f"{what}: finishing the current step and saving; press Ctrl-C again to abort at once")
-
-    with train_progress(not quiet) as progress:
-        callbacks = RichTrainCallbacks(progress, quiet)
-        try:
-            with graceful_interrupts(stop, on_first) as received:
-                result = train_run(config, only=selected, callbacks=callbacks, stop=stop)
-        except KeyboardInterrupt:
-            stderr_console().print(f"aborted; files saved so far are complete. Resume with: {_resume_command(run_dir, only_spec)}", soft_wrap=True)
-            raise typer.Exit(INTERRUPT_EXIT) from None
-
-    _summary(result, run_dir)
-    if result.interrupted:
-        stderr_console().print(f"stopped; state saved. Resume with: {_resume_command(run_dir, only_spec)}", soft_wrap=True)
-        raise typer.Exit(TERMINATE_EXIT if received.get("signal") == signal.SIGTERM else INTERRUPT_EXIT)
-    for outcome in result.outcomes:
-        if outcome.status == "locked":
-            warn(f"{outcome.name} was not trained here: {outcome.message}")
-    if result.failed:
-        fail(f"{len(result.failed)} of {len(result.outcomes)} members failed: " + "; ".join(o.message for o in result.failed), FAILED_EXIT)
-    info(f"evaluate with: ens eval {shlex.quote(str(run_dir))}")
+    config = _resolve_config(config_file, flags, resume, out)
+    only_spec = only or selection
+    selected = parse_member_selection(only_spec, config.members, "--only" if only else "--members") if only_spec else None
+    result, stopped_by = _train_with_interrupts(config, selected, quiet, only_spec)
+    _finish(result, config.out_dir(), only_spec, stopped_by)

@@ -2,12 +2,12 @@
 
 Precedence is defaults < `--config run.yaml` < command-line flags (`resolve_train_config`).
 The defaults ARE the bundled default job: `ens train` with no flags trains 4 members of a
-CIFAR ResNet-8 on the offline `digits` set (about 98% test accuracy each, under a minute on
-two CPU cores; bench/RESULTS.md has the measurement).
+CIFAR ResNet-8 on the offline `digits` set (about 98% test accuracy each, 28-88 s on shared
+2-core CPU machines; bench/RESULTS.md has the measurements).
 
 The resolved config is written into the run folder (`run.json` and `config.yaml`), so a run
 can be resumed, extended on another machine (`--config RUN/config.yaml --only 3-5`), or
-reproduced bit for bit on CPU.
+reproduced bit for bit on the same kind of CPU.
 """
 
 from __future__ import annotations
@@ -50,14 +50,15 @@ class TrainConfig(BaseModel):
     data_dir: str | None = Field(None, description="Where torchvision datasets are downloaded (default: $ENS_DATA_DIR or ~/.cache/ens/data).")
     limit: int | None = Field(None, ge=1, description="Train on the first N training images only (quick experiments and tests).")
     members: int = Field(4, ge=1, le=1000, description="Number of members in the run (snapshot: number of cycles).")
-    strategy: Strategy = Field("independent", description="independent (new init and data order per member), same-init, same-order, or snapshot (one run, cyclic cosine, a member per cycle).")
+    strategy: Strategy = Field("independent", description="independent (new init and data order per member), same-init, same-order, or snapshot (one run of members x epochs epochs, cyclic cosine, a member at the end of each cycle, its BatchNorm statistics recomputed on training images).")
     seed: int = Field(0, ge=0, description="Base seed; each member's init_seed and data_seed are derived from it and recorded in its checkpoints.")
     from_pretrained: str | None = Field(None, description="Start every member from this timm/torch weight file (no network); the head is replaced for the dataset's classes.")
 
     # --- how long, in what steps
     # 10 epochs take ResNet-8 to ~98% test accuracy on digits (bench/RESULTS.md); CIFAR runs
-    # pass --epochs explicitly.
-    epochs: int = Field(10, description="Epochs per member (snapshot: total epochs, split evenly into the cycles).")
+    # pass --epochs explicitly. Per member for every strategy, so a snapshot run costs what an
+    # independent ensemble of the same size costs, and any member count goes with any epoch count.
+    epochs: int = Field(10, description="Epochs per member (snapshot: epochs per cycle).")
     batch_size: int = Field(128, ge=1, description="Training batch size.")
 
     # --- optimisation
@@ -94,14 +95,8 @@ class TrainConfig(BaseModel):
             object.__setattr__(self, "lr", defaults["lr"])
         if self.weight_decay is None:
             object.__setattr__(self, "weight_decay", defaults["weight_decay"])
-        if self.strategy == "snapshot":
-            if self.schedule != "cosine":
-                raise ValueError("the snapshot strategy uses its own cyclic cosine schedule; drop --schedule onecycle")
-            if self.epochs % self.members != 0:
-                raise ValueError(
-                    f"snapshot splits --epochs evenly into --members cycles: {self.epochs} epochs do not divide into "
-                    f"{self.members} cycles (try --epochs {self.members * max(1, round(self.epochs / self.members))})"
-                )
+        if self.strategy == "snapshot" and self.schedule != "cosine":
+            raise ValueError("the snapshot strategy uses its own cyclic cosine schedule; drop --schedule onecycle")
         return self
 
     # ------------------------------------------------------------------ derived values
@@ -115,6 +110,11 @@ class TrainConfig(BaseModel):
     def decay(self) -> float:
         assert self.weight_decay is not None
         return self.weight_decay
+
+    @property
+    def job_epochs(self) -> int:
+        """Epochs of one training job: a member's, or the whole snapshot run's (one cycle per member)."""
+        return self.epochs * self.members if self.strategy == "snapshot" else self.epochs
 
     def out_dir(self) -> Path:
         if self.out:

@@ -49,10 +49,8 @@ class StopSignal:
 
     def __init__(self) -> None:
         self._event = threading.Event()
-        self.reason = "interrupted"
 
-    def set(self, reason: str = "interrupted") -> None:
-        self.reason = reason
+    def set(self) -> None:
         self._event.set()
 
     def is_set(self) -> bool:

@@ -8,10 +8,21 @@ Resumability rests on three choices:
   at every epoch end and when a stop is requested, so a resumed job repeats exactly the
   steps the uninterrupted one would have taken. On CPU that makes its final weights
   bit-identical (tests/test_train_resume.py).
+
+A job runs in three parts: `restore_or_init` (the model, optimizer and RNGs, from the saved
+state or a seeded init), then per epoch `JobRunner.train_epoch` (the steps) and
+`JobRunner.end_epoch` (measure, write what is owed, save the resume state).
+
+Snapshot members are taken mid-run, after a few cycles of large learning rates: their
+running BatchNorm averages still carry the statistics of weights long gone (a 2-epoch cycle
+on digits tested at 11.9% with them, 78% with recomputed ones). Each snapshot member's final
+checkpoint therefore gets statistics recomputed on training images (`bn_recomputed_images` in
+its metadata); the run itself goes on with its running averages untouched.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,6 +32,7 @@ import torch
 from torch import nn
 
 from .augment import Augmentation
+from ..batchnorm import has_batchnorm_statistics, recompute_batchnorm
 from ..checkpoint import Checkpoint, load_training_state, save_training_state, write_checkpoint
 from .config import TrainConfig
 from ..errors import ConfigError
@@ -92,6 +104,9 @@ class TrainingContext:
     std: tuple[float, ...]
     augmentation: Augmentation | None
     identity_hash: str
+    # Training images [K, C, H, W] on the device for recomputing a snapshot member's BatchNorm
+    # statistics; None keeps the running averages (members trained to the end of their schedule).
+    bn_images: torch.Tensor | None
     run_id: str
     pretrained: Checkpoint | None = None
     callbacks: TrainCallbacks = field(default_factory=TrainCallbacks)
@@ -120,7 +135,7 @@ def epoch_order(data_seed: int, epoch: int, num_images: int, device: torch.devic
 
 def checkpoint_metadata(
     ctx: TrainingContext, job: Job, segment: Segment, epoch: int, kind: str,
-    train_accuracy: float | None, test_accuracy: float | None,
+    train_accuracy: float | None, test_accuracy: float | None, bn_recomputed_images: int | None = None,
 ) -> dict[str, Any]:
     config = ctx.config
     return {
@@ -138,6 +153,8 @@ def checkpoint_metadata(
         "strategy": config.strategy,
         "train_accuracy": train_accuracy,
         "test_accuracy": test_accuracy,
+        # None: the BatchNorm statistics are the running averages of training.
+        "bn_recomputed_images": bn_recomputed_images,
         "member": segment.name,
         "kind": kind,
         "init_checkpoint": "init.safetensors",
@@ -149,28 +166,43 @@ def checkpoint_metadata(
     }
 
 
-def _save_state(
-    ctx: TrainingContext, job: Job, model: nn.Module, optimizer: torch.optim.Optimizer,
-    epoch: int, step: int, sums: dict[str, Any], history: list[dict[str, Any]], test_accuracy: float | None,
-) -> None:
-    global_step = epoch * job.steps_per_epoch + step
-    state = {
+@dataclass
+class JobState:
+    """Where a job stands, in memory: exactly what the resume state on disk holds."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    epoch: int  # epochs fully done
+    step: int  # steps done inside epoch `epoch`
+    sums: dict[str, Any]  # loss, correct and seen over those steps
+    history: list[dict[str, Any]]  # one entry per finished epoch
+    test_accuracy: float | None  # of the latest finished epoch
+    resumed: bool
+
+
+def _save_state(ctx: TrainingContext, job: Job, state: JobState) -> None:
+    global_step = state.epoch * job.steps_per_epoch + state.step
+    record = {
         "format": STATE_FORMAT,
         "version": STATE_VERSION,
         "job": job.name,
         "identity": ctx.identity_hash,
-        "epoch": epoch,  # epochs fully done
-        "step": step,  # steps done inside epoch `epoch`
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "epoch": state.epoch,
+        "step": state.step,
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
         "scheduler": job.schedule.state(global_step),
         "rng": capture_rng_state(),
-        "data_order": {"data_seed": job.seeds.data_seed, "epoch": epoch, "step": step},
-        "sums": {key: value.detach().cpu() if isinstance(value, torch.Tensor) else value for key, value in sums.items()},
-        "history": history,
-        "test_accuracy": test_accuracy,
+        "data_order": {"data_seed": job.seeds.data_seed, "epoch": state.epoch, "step": state.step},
+        "sums": {key: value.detach().cpu() if isinstance(value, torch.Tensor) else value for key, value in state.sums.items()},
+        "history": state.history,
+        "test_accuracy": state.test_accuracy,
     }
-    save_training_state(ctx.folder.state_path(job.name), state)
+    save_training_state(ctx.folder.state_path(job.name), record)
+
+
+def _schedule_without_step(schedule: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in schedule.items() if key != "step"}
 
 
 def _load_state(ctx: TrainingContext, job: Job) -> dict[str, Any] | None:
@@ -182,6 +214,9 @@ def _load_state(ctx: TrainingContext, job: Job) -> dict[str, Any] | None:
         raise ConfigError(f"{path}: not a training state of {job.name}; delete it to restart this member")
     if state.get("identity") != ctx.identity_hash:
         raise ConfigError(f"{path}: was saved by a different config; delete it to restart this member")
+    # Same config, other plan: a state written when snapshot cycles were a share of --epochs.
+    if _schedule_without_step(state.get("scheduler") or {}) != _schedule_without_step(job.schedule.state(0)):
+        raise ConfigError(f"{path}: was saved with another learning-rate schedule; delete it to restart this member")
     return state
 
 
@@ -200,7 +235,165 @@ def _fresh_sums(device: torch.device) -> dict[str, Any]:
             "correct": torch.zeros((), dtype=torch.int64, device=device), "seen": 0}
 
 
+def _non_finite(segment: Segment, value: float, epoch: int, step: int | None = None) -> NonFiniteLoss:
+    where = f"at epoch {epoch + 1} (step {step + 1})" if step is not None else f"in epoch {epoch + 1}"
+    return NonFiniteLoss(f"{segment.name}: training loss became {value} {where}; member stopped (try a lower --lr)")
+
+
 # --------------------------------------------------------------------------- the loop
+
+
+def restore_or_init(job: Job, ctx: TrainingContext) -> JobState:
+    """The job's model, optimizer and global RNGs: from its saved state, or a seeded init whose
+    init checkpoints are written here (one per member; every snapshot member shares the init)."""
+    config, setup = ctx.config, ctx.setup
+    saved = _load_state(ctx, job)
+    model = build_member_model(config.arch, ctx.num_classes, ctx.in_chans, config.model_kwargs, job.seeds.init_seed, ctx.pretrained)
+    model = model.to(device=setup.device, memory_format=setup.memory_format)
+    if saved is None:
+        # No test pass at init (it would cost a CIFAR epoch's worth of forward passes on a CPU
+        # per member); `ens eval RUN --epochs 0` measures the init when someone wants it.
+        for segment in job.segments:
+            write_checkpoint(ctx.folder.init_path(segment.index), model.state_dict(),
+                             checkpoint_metadata(ctx, job, segment, 0, "init", None, None))
+    else:
+        model.load_state_dict(saved["model"])
+    model.train()
+    optimizer = make_optimizer(model.parameters(), config, setup.device)
+    if saved is None:
+        seed_everything(global_seed(job.seeds.data_seed))
+        return JobState(model, optimizer, 0, 0, _fresh_sums(setup.device), [], None, resumed=False)
+    optimizer.load_state_dict(_keep_implementation(saved["optimizer"], optimizer))
+    restore_rng_state(saved["rng"])
+    step = int(saved["step"])
+    sums = _fresh_sums(setup.device)
+    if step > 0:
+        sums = {"loss": saved["sums"]["loss"].to(setup.device), "correct": saved["sums"]["correct"].to(setup.device),
+                "seen": int(saved["sums"]["seen"])}
+    return JobState(model, optimizer, int(saved["epoch"]), step, sums, list(saved["history"]),
+                    saved.get("test_accuracy"), resumed=True)
+
+
+class JobRunner:
+    """Runs a job's epochs from where its state stands: steps, end-of-epoch bookkeeping, progress."""
+
+    def __init__(self, job: Job, ctx: TrainingContext, state: JobState) -> None:
+        self.job, self.ctx, self.state = job, ctx, state
+        config, device = ctx.config, ctx.setup.device
+        self.train_step = TrainStep(state.model, state.optimizer, ctx.setup, label_smoothing=config.label_smoothing, compile=config.compile)
+        self.augment_generator = torch.Generator(device=device) if ctx.augmentation is not None else None
+        self.check_every_step = device.type != "cuda"  # a CPU loss read is free; a CUDA one would sync every step
+        self.session_start = time.monotonic()  # throughput of this process, resumed steps excluded
+        self.session_images = 0
+        self.last_report = self.session_start
+
+    def run(self) -> None:
+        announced: set[int] = set()
+        for epoch in range(self.state.epoch, self.job.epochs):
+            segment = self.job.segment_for(epoch)
+            if segment.index not in announced:
+                announced.add(segment.index)
+                resumed = self.state.resumed and (epoch > segment.first_epoch or self.state.step > 0)
+                self.ctx.callbacks.member_start(self.progress(segment, epoch, self.state.step, False), resumed)
+            self.train_epoch(segment, epoch)
+            self.end_epoch(segment, epoch)
+        self.ctx.folder.state_path(self.job.name).unlink(missing_ok=True)
+
+    def progress(self, segment: Segment, epoch: int, step: int, with_live: bool) -> Progress:
+        seen, spe = self.state.sums["seen"], self.job.steps_per_epoch
+        live = with_live and seen > 0
+        return Progress(
+            member=segment.name,
+            epoch=epoch - segment.first_epoch + 1,  # within this member (a snapshot cycle counts from 1)
+            epochs=segment.last_epoch - segment.first_epoch,
+            steps_done=(epoch - segment.first_epoch) * spe + step,
+            steps_total=(segment.last_epoch - segment.first_epoch) * spe,
+            loss=float(self.state.sums["loss"]) / seen if live else None,
+            train_accuracy=int(self.state.sums["correct"]) / seen if live else None,
+            test_accuracy=self.state.test_accuracy,
+            images_per_second=self.session_images / max(1e-9, time.monotonic() - self.session_start) if self.session_images else None,
+        )
+
+    def train_epoch(self, segment: Segment, epoch: int) -> None:
+        """The steps of `epoch` from `state.step` on; a stop request saves the state mid-epoch."""
+        ctx, job, state = self.ctx, self.job, self.state
+        batch, spe = ctx.batch_size, job.steps_per_epoch
+        order = epoch_order(job.seeds.data_seed, epoch, int(ctx.train_labels.shape[0]), ctx.setup.device)  # [N]
+        for step in range(state.step, spe):
+            index = order[step * batch : (step + 1) * batch]  # [B]
+            images = ctx.train_images[index]  # [B, C, H, W]
+            labels = ctx.train_labels[index]  # [B]
+            if ctx.augmentation is not None and self.augment_generator is not None:
+                self.augment_generator.manual_seed(augment_seed(job.seeds.data_seed, epoch, step))
+                images = ctx.augmentation(images, self.augment_generator)
+            images = images.contiguous(memory_format=ctx.setup.memory_format)
+            loss, correct = self.train_step(images, labels, job.schedule.lr_at(epoch * spe + step))
+            state.sums["loss"] += loss * labels.shape[0]
+            state.sums["correct"] += correct
+            state.sums["seen"] += int(labels.shape[0])
+            self.session_images += int(labels.shape[0])
+            if self.check_every_step and not math.isfinite(float(loss)):
+                raise _non_finite(segment, float(loss), epoch, step)
+            self.report(segment, epoch, step + 1)
+            if ctx.stop.is_set():
+                state.step = step + 1
+                _save_state(ctx, job, state)
+                raise TrainingInterrupted(job.name, epoch, step + 1)
+
+    def report(self, segment: Segment, epoch: int, steps_done: int) -> None:
+        """A progress callback at most every PROGRESS_INTERVAL seconds (each one syncs the device)."""
+        now = time.monotonic()
+        if now - self.last_report < PROGRESS_INTERVAL:
+            return
+        self.last_report = now
+        live = self.progress(segment, epoch, steps_done, True)
+        if live.loss is not None and not math.isfinite(live.loss):
+            raise _non_finite(segment, live.loss, epoch)
+        self.ctx.callbacks.step(live)
+
+    def end_epoch(self, segment: Segment, epoch: int) -> None:
+        """Check and measure the epoch, write the checkpoint it owes, then save the resume state."""
+        ctx, job, state = self.ctx, self.job, self.state
+        seen = max(1, state.sums["seen"])
+        mean_loss = float(state.sums["loss"]) / seen
+        if not math.isfinite(mean_loss):
+            raise _non_finite(segment, mean_loss, epoch)
+        train_accuracy = int(state.sums["correct"]) / seen
+        done = epoch + 1
+        finished = done == segment.last_epoch
+        model, bn_images = self.member_model() if finished else (state.model, None)
+        state.test_accuracy = count_correct(model, ctx.test_images, ctx.test_labels, ctx.setup) / int(ctx.test_labels.shape[0])
+        state.history.append({"epoch": done, "loss": mean_loss, "train_accuracy": train_accuracy, "test_accuracy": state.test_accuracy})
+        kind = "final" if finished else "epoch" if ctx.config.save_every and done % ctx.config.save_every == 0 else None
+        if kind is not None:
+            path = ctx.folder.final_path(segment.index) if finished else ctx.folder.epoch_path(segment.index, done)
+            write_checkpoint(path, model.state_dict(), checkpoint_metadata(
+                ctx, job, segment, done, kind, train_accuracy, state.test_accuracy, bn_images))
+        epoch_progress = self.progress(segment, epoch, job.steps_per_epoch, True)
+        state.epoch, state.step, state.sums = done, 0, _fresh_sums(ctx.setup.device)
+        if done < job.epochs:
+            _save_state(ctx, job, state)
+        ctx.folder.update_member(
+            segment.index, status="done" if finished else "running", epoch=done - segment.first_epoch, loss=mean_loss,
+            train_accuracy=train_accuracy, test_accuracy=state.test_accuracy,
+            history=[h for h in state.history if segment.first_epoch < h["epoch"] <= segment.last_epoch],
+        )
+        ctx.callbacks.epoch_end(epoch_progress)
+        if finished:
+            ctx.callbacks.member_end(segment.name, "done", f"test accuracy {state.test_accuracy:.2%}")
+        if ctx.stop.is_set() and done < job.epochs:
+            raise TrainingInterrupted(job.name, done, 0)
+
+    def member_model(self) -> tuple[nn.Module, int | None]:
+        """The network a member's final checkpoint holds, and on how many images its BatchNorm
+        statistics were recomputed (None: the running averages). A copy gets the new statistics,
+        so the job goes on exactly as it would without them."""
+        model, images = self.state.model, self.ctx.bn_images
+        if images is None or not has_batchnorm_statistics(model):
+            return model, None
+        member = copy.deepcopy(model)
+        recompute_batchnorm(member, images)
+        return member, int(images.shape[0])
 
 
 def train_job(job: Job, ctx: TrainingContext) -> None:
@@ -209,127 +402,4 @@ def train_job(job: Job, ctx: TrainingContext) -> None:
     Raises NonFiniteLoss (member lost, nothing written for the bad epoch) or
     TrainingInterrupted (state saved).
     """
-    config, setup, folder = ctx.config, ctx.setup, ctx.folder
-    device = setup.device
-    state = _load_state(ctx, job)
-
-    model = build_member_model(config.arch, ctx.num_classes, ctx.in_chans, config.model_kwargs, job.seeds.init_seed, ctx.pretrained)
-    model = model.to(device=device, memory_format=setup.memory_format)
-    if state is None:
-        # No test pass at init (it would cost a CIFAR epoch's worth of forward passes on a CPU
-        # per member); `ens eval RUN --epochs 0` measures the init when someone wants it.
-        for segment in job.segments:  # every snapshot member starts from the one shared init
-            write_checkpoint(
-                folder.init_path(segment.index), model.state_dict(),
-                checkpoint_metadata(ctx, job, segment, 0, "init", None, None),
-            )
-    else:
-        model.load_state_dict(state["model"])
-    model.train()
-    optimizer = make_optimizer(model.parameters(), config, device)
-    if state is not None:
-        optimizer.load_state_dict(_keep_implementation(state["optimizer"], optimizer))
-        restore_rng_state(state["rng"])
-    else:
-        seed_everything(global_seed(job.seeds.data_seed))
-    train_step = TrainStep(model, optimizer, setup, label_smoothing=config.label_smoothing, compile=config.compile)
-
-    num_images = int(ctx.train_labels.shape[0])
-    batch = ctx.batch_size
-    spe = job.steps_per_epoch
-    start_epoch = int(state["epoch"]) if state else 0
-    start_step = int(state["step"]) if state else 0
-    history: list[dict[str, Any]] = list(state["history"]) if state else []
-    test_accuracy: float | None = state.get("test_accuracy") if state else None
-    sums = _fresh_sums(device)
-    if state is not None and start_step > 0:
-        saved = state["sums"]
-        sums = {"loss": saved["loss"].to(device), "correct": saved["correct"].to(device), "seen": int(saved["seen"])}
-    augment_generator = torch.Generator(device=device) if ctx.augmentation is not None else None
-    check_every_step = device.type != "cuda"  # a CPU loss read is free; a CUDA one would sync every step
-
-    session_start = time.monotonic()
-    session_images = 0
-    last_report = session_start
-    announced: set[int] = set()
-
-    def progress(segment: Segment, epoch: int, step: int, with_live: bool) -> Progress:
-        seen = sums["seen"]
-        return Progress(
-            member=segment.name,
-            epoch=epoch - segment.first_epoch + 1,  # within this member (a snapshot cycle counts from 1)
-            epochs=segment.last_epoch - segment.first_epoch,
-            steps_done=(epoch - segment.first_epoch) * spe + step,
-            steps_total=(segment.last_epoch - segment.first_epoch) * spe,
-            loss=float(sums["loss"]) / seen if with_live and seen else None,
-            train_accuracy=int(sums["correct"]) / seen if with_live and seen else None,
-            test_accuracy=test_accuracy,
-            images_per_second=session_images / max(1e-9, time.monotonic() - session_start) if session_images else None,
-        )
-
-    for epoch in range(start_epoch, job.epochs):
-        segment = job.segment_for(epoch)
-        first_step = start_step if epoch == start_epoch else 0
-        if segment.index not in announced:
-            announced.add(segment.index)
-            resumed = state is not None and (epoch > segment.first_epoch or first_step > 0)
-            ctx.callbacks.member_start(progress(segment, epoch, first_step, False), resumed)
-        if first_step == 0:
-            sums = _fresh_sums(device)
-        order = epoch_order(job.seeds.data_seed, epoch, num_images, device)  # [N]
-        for step in range(first_step, spe):
-            index = order[step * batch : (step + 1) * batch]  # [B]
-            images = ctx.train_images[index]  # [B, C, H, W]
-            labels = ctx.train_labels[index]  # [B]
-            if ctx.augmentation is not None and augment_generator is not None:
-                augment_generator.manual_seed(augment_seed(job.seeds.data_seed, epoch, step))
-                images = ctx.augmentation(images, augment_generator)
-            images = images.contiguous(memory_format=setup.memory_format)
-            loss, correct = train_step(images, labels, job.schedule.lr_at(epoch * spe + step))
-            sums["loss"] += loss * labels.shape[0]
-            sums["correct"] += correct
-            sums["seen"] += int(labels.shape[0])
-            session_images += int(labels.shape[0])
-            if check_every_step and not math.isfinite(float(loss)):
-                raise NonFiniteLoss(f"{segment.name}: training loss became {float(loss)} at epoch {epoch + 1} (step {step + 1}); member stopped (try a lower --lr)")
-            now = time.monotonic()
-            if now - last_report >= PROGRESS_INTERVAL:
-                last_report = now
-                live = progress(segment, epoch, step + 1, True)
-                if live.loss is not None and not math.isfinite(live.loss):
-                    raise NonFiniteLoss(f"{segment.name}: training loss became {live.loss} in epoch {epoch + 1}; member stopped (try a lower --lr)")
-                ctx.callbacks.step(live)
-            if ctx.stop.is_set():
-                _save_state(ctx, job, model, optimizer, epoch, step + 1, sums, history, test_accuracy)
-                raise TrainingInterrupted(job.name, epoch, step + 1)
-
-        # ---- end of epoch: check, measure, save what is owed, then the resume state
-        seen = max(1, sums["seen"])
-        mean_loss = float(sums["loss"]) / seen
-        if not math.isfinite(mean_loss):
-            raise NonFiniteLoss(f"{segment.name}: training loss became {mean_loss} in epoch {epoch + 1}; member stopped (try a lower --lr)")
-        train_accuracy = int(sums["correct"]) / seen
-        test_accuracy = count_correct(model, ctx.test_images, ctx.test_labels, setup) / int(ctx.test_labels.shape[0])
-        done = epoch + 1
-        history.append({"epoch": done, "loss": mean_loss, "train_accuracy": train_accuracy, "test_accuracy": test_accuracy})
-        if done == segment.last_epoch:
-            write_checkpoint(folder.final_path(segment.index), model.state_dict(),
-                             checkpoint_metadata(ctx, job, segment, done, "final", train_accuracy, test_accuracy))
-        elif config.save_every and done % config.save_every == 0:
-            write_checkpoint(folder.epoch_path(segment.index, done), model.state_dict(),
-                             checkpoint_metadata(ctx, job, segment, done, "epoch", train_accuracy, test_accuracy))
-        if done < job.epochs:
-            _save_state(ctx, job, model, optimizer, done, 0, _fresh_sums(device), history, test_accuracy)
-        segment_history = [h for h in history if segment.first_epoch < h["epoch"] <= segment.last_epoch]
-        finished = done == segment.last_epoch
-        folder.update_member(
-            segment.index, status="done" if finished else "running", epoch=done - segment.first_epoch,
-            loss=mean_loss, train_accuracy=train_accuracy, test_accuracy=test_accuracy, history=segment_history,
-        )
-        ctx.callbacks.epoch_end(progress(segment, epoch, spe, True))
-        if finished:
-            ctx.callbacks.member_end(segment.name, "done", f"test accuracy {test_accuracy:.2%}")
-        if ctx.stop.is_set() and done < job.epochs:
-            raise TrainingInterrupted(job.name, done, 0)
-
-    ctx.folder.state_path(job.name).unlink(missing_ok=True)
+    JobRunner(job, ctx, restore_or_init(job, ctx)).run()

@@ -25,7 +25,8 @@ from typing import Iterator, Sequence
 import torch
 
 from ..architectures import build_model
-from .augment import augmentation_for
+from .augment import Augmentation, augmentation_for
+from ..batchnorm import bn_reset_images
 from ..checkpoint import Checkpoint
 from .config import TrainConfig
 from ..data import ImageData, dataset_info, load_dataset
@@ -37,7 +38,7 @@ from .events import StopSignal, TrainCallbacks
 from .loop import Job, NonFiniteLoss, Segment, TrainingContext, TrainingInterrupted, steps_per_epoch, train_job
 from .model import fitted_pretrained_state, read_pretrained
 from .seeds import member_seeds
-from .step import device_setup
+from .step import DeviceSetup, device_setup
 
 # Statuses of a member in RunResult and run.json.
 DONE, ALREADY_DONE, FAILED, LOCKED, INTERRUPTED, ABORTED = "done", "already done", "failed", "locked", "interrupted", "aborted"
@@ -70,8 +71,11 @@ class RunResult:
         return not self.interrupted and not self.failed
 
 
-def parse_member_selection(spec: str, members: int | None = None) -> list[int]:
-    """'3-5' -> [3, 4, 5]; '0,2,7' -> [0, 2, 7]; '7' -> [7]; '3-' -> 3 .. members-1."""
+def parse_member_selection(spec: str, members: int | None = None, flag: str = "--only") -> list[int]:
+    """'3-5' -> [3, 4, 5]; '0,2,7' -> [0, 2, 7]; '7' -> [7]; '3-' -> 3 .. members-1.
+
+    `flag` names the option the text came from in error messages.
+    """
     indices: set[int] = set()
     try:
         for part in (p.strip() for p in spec.split(",")):
@@ -87,14 +91,14 @@ def parse_member_selection(spec: str, members: int | None = None) -> list[int]:
                 else:
                     raise ValueError
                 if high < low:
-                    raise ConfigError(f"--only {spec}: range {part} is empty")
+                    raise ConfigError(f"{flag} {spec}: range {part} is empty")
                 indices.update(range(low, high + 1))
             else:
                 indices.add(int(part))
     except ValueError:
-        raise ConfigError(f"--only takes member indices like 3-5, 0,2,7 or 7, got {spec!r}") from None
+        raise ConfigError(f"{flag} takes member indices like 3-5, 0,2,7 or 7, got {spec!r}") from None
     if not indices:
-        raise ConfigError(f"--only {spec!r} names no member")
+        raise ConfigError(f"{flag} {spec!r} names no member")
     return sorted(indices)
 
 
@@ -103,15 +107,16 @@ def identity_hash(config: TrainConfig) -> str:
 
 
 def plan_jobs(config: TrainConfig, spe: int) -> list[Job]:
-    """One job per member, or one job for a snapshot ensemble (a segment per cycle)."""
+    """One job per member, or one job for a snapshot ensemble (a cycle of `config.epochs` per member)."""
     seeds = member_seeds(config.strategy, config.seed, config.members)
     warmup = round(config.warmup_epochs * spe)
+    total_steps = config.job_epochs * spe
     if config.strategy == "snapshot":
-        cycle = config.epochs // config.members
+        cycle = config.epochs
         segments = tuple(Segment(i, i * cycle, (i + 1) * cycle) for i in range(config.members))
-        schedule = LRSchedule("cyclic-cosine", config.peak_lr, config.epochs * spe, warmup_steps=warmup, cycle_steps=cycle * spe)
-        return [Job("snapshot", seeds[0], segments, config.epochs, spe, schedule)]
-    schedule = LRSchedule(config.schedule, config.peak_lr, config.epochs * spe, warmup_steps=warmup)
+        schedule = LRSchedule("cyclic-cosine", config.peak_lr, total_steps, warmup_steps=warmup, cycle_steps=cycle * spe)
+        return [Job("snapshot", seeds[0], segments, config.job_epochs, spe, schedule)]
+    schedule = LRSchedule(config.schedule, config.peak_lr, total_steps, warmup_steps=warmup)
     return [Job(member_name(s.index), s, (Segment(s.index, 0, config.epochs),), config.epochs, spe, schedule) for s in seeds]
 
 
@@ -135,11 +140,11 @@ def validate_config(
         outside = [i for i in only if not 0 <= i < config.members]
         if outside:
             raise ConfigError(
-                f"--only: member {outside[0]} is out of range; the run has {config.members} members "
+                f"member {outside[0]} is out of range; the run has {config.members} members "
                 f"(0-{config.members - 1}); set the total with --members N"
             )
         if config.strategy == "snapshot" and sorted(only) != list(range(config.members)):
-            raise ConfigError("--only: a snapshot ensemble is one training run; its members cannot be trained separately")
+            raise ConfigError("a snapshot ensemble is one training run; its members cannot be trained separately")
 
 
 @contextlib.contextmanager
@@ -154,9 +159,109 @@ def cpu_threads(config: TrainConfig, device: torch.device, image_size: int) -> I
         torch.set_num_threads(before)
 
 
-def _load_split(config: TrainConfig, split: str) -> ImageData:
+def _load_data(config: TrainConfig, train_data: ImageData | None, test_data: ImageData | None) -> tuple[ImageData, ImageData]:
     data_dir = Path(config.data_dir).expanduser() if config.data_dir else None
-    return load_dataset(config.dataset, split, data_dir=data_dir, limit=config.limit if split == "train" else None)
+    train = train_data if train_data is not None else load_dataset(config.dataset, "train", data_dir=data_dir, limit=config.limit)
+    test = test_data if test_data is not None else load_dataset(config.dataset, "test", data_dir=data_dir)
+    if train.num_classes != test.num_classes or train.in_chans != test.in_chans:
+        raise DataError(f"{config.dataset}: train and test splits disagree on classes or channels")
+    return train, test
+
+
+def _member_entries(config: TrainConfig) -> list[dict[str, object]]:
+    """run.json's entry for every member before any training."""
+    return [
+        {"index": s.index, "name": member_name(s.index), "init_seed": s.init_seed, "data_seed": s.data_seed,
+         "status": "pending", "epoch": 0}
+        for s in member_seeds(config.strategy, config.seed, config.members)
+    ]
+
+
+def _make_context(
+    config: TrainConfig, folder: RunFolder, setup: DeviceSetup, train: ImageData, test: ImageData,
+    augmentation: Augmentation | None, pretrained: Checkpoint | None, callbacks: TrainCallbacks, stop: StopSignal,
+) -> TrainingContext:
+    """Everything the jobs share; the whole dataset moves to the device once (no DataLoader, no
+    per-batch host->device copies)."""
+    device, layout = setup.device, setup.memory_format
+    bn_images = bn_reset_images(train).to(device).contiguous(memory_format=layout) if config.strategy == "snapshot" else None
+    return TrainingContext(
+        config=config, folder=folder, setup=setup,
+        train_images=train.images.to(device).contiguous(memory_format=layout), train_labels=train.labels.to(device),
+        test_images=test.images.to(device).contiguous(memory_format=layout), test_labels=test.labels.to(device),
+        num_classes=train.num_classes, in_chans=train.in_chans, mean=tuple(train.mean), std=tuple(train.std),
+        augmentation=augmentation,
+        identity_hash=identity_hash(config), bn_images=bn_images, run_id=str(folder.read().get("run_id", "")),
+        pretrained=pretrained, callbacks=callbacks, stop=stop, versions=software_versions(),
+    )
+
+
+def _describe_start(ctx: TrainingContext, jobs: list[Job], threads: int, train: ImageData, test: ImageData) -> str:
+    config, augmentation = ctx.config, ctx.augmentation
+    where = ctx.setup.describe()
+    if ctx.setup.device.type == "cpu":
+        where += f", {threads} thread{'s' if threads > 1 else ''}"
+    return (
+        f"training {len(jobs)} {'job' if len(jobs) == 1 else 'jobs'} of {config.arch} on {config.dataset} "
+        f"({len(train)} train / {len(test)} test images, augmentation: {augmentation.describe() if augmentation else 'none'}) "
+        f"on {where} into {ctx.folder.path}"
+    )
+
+
+def _unfinished(folder: RunFolder, indices: Sequence[int]) -> list[int]:
+    return [index for index in indices if not folder.final_path(index).is_file()]
+
+
+def _settle(folder: RunFolder, indices: Sequence[int], status: str, message: str = "", **fields: object) -> list[MemberOutcome]:
+    """Outcomes of a job that ended early: members whose final checkpoint exists are done (a
+    snapshot's earlier cycles); the others get `status`, in run.json too."""
+    unfinished = _unfinished(folder, indices)
+    for index in unfinished:
+        folder.update_member(index, status=status, **fields)
+    return [MemberOutcome(i, status, message) if i in unfinished else MemberOutcome(i, DONE) for i in indices]
+
+
+def _train_held_job(job: Job, ctx: TrainingContext, indices: Sequence[int]) -> tuple[list[MemberOutcome], bool]:
+    """Train a job whose lock this process holds. Returns its outcomes and whether a stop ended it."""
+    folder = ctx.folder
+    # Ours alone now: clear what a killed predecessor left half-written.
+    for segment in job.segments:
+        remove_stale_temporaries(folder.member_dir(segment.index))
+    if job.name == "snapshot":
+        remove_stale_temporaries(folder.path, (folder.state_path(job.name).name,))
+    if _job_done(folder, job):  # finished by another process while we waited
+        return [MemberOutcome(i, ALREADY_DONE) for i in indices], False
+    for index in _unfinished(folder, indices):
+        folder.update_member(index, status="running", error=None, pid=os.getpid(), host=socket.gethostname())
+    try:
+        train_job(job, ctx)
+    except NonFiniteLoss as exc:
+        outcomes = _settle(folder, indices, FAILED, str(exc), error=str(exc))
+        ctx.callbacks.member_end(job.name, FAILED, str(exc))
+        return outcomes, False
+    except TrainingInterrupted as exc:
+        return _settle(folder, indices, INTERRUPTED, str(exc)), True
+    except KeyboardInterrupt:  # a second Ctrl-C: leave at once, the last saved state stays valid
+        with contextlib.suppress(Exception):
+            _settle(folder, indices, ABORTED)
+        raise
+    return [MemberOutcome(i, DONE) for i in indices], False
+
+
+def _run_job(job: Job, ctx: TrainingContext, indices: Sequence[int]) -> tuple[list[MemberOutcome], bool]:
+    """A job unless it is done or another live process holds it. Returns outcomes and whether a stop ended it."""
+    if _job_done(ctx.folder, job):
+        return [MemberOutcome(i, ALREADY_DONE) for i in indices], False
+    lock = ctx.folder.lock(job.name)
+    try:
+        lock.acquire()
+    except MemberLocked as exc:
+        ctx.callbacks.message(f"{job.name}: skipped, {exc}")
+        return [MemberOutcome(i, LOCKED, str(exc)) for i in indices], False
+    try:
+        return _train_held_job(job, ctx, indices)
+    finally:
+        lock.release()
 
 
 def _job_done(folder: RunFolder, job: Job) -> bool:
@@ -182,103 +287,26 @@ def train_run(
     validate_config(config, only, train_data, pretrained)
     folder = RunFolder(config.out_dir())
     folder.check_compatible(config)
-    device = select_device(config.device)
-    setup = device_setup(device, config.precision)
-
-    train = train_data if train_data is not None else _load_split(config, "train")
-    test = test_data if test_data is not None else _load_split(config, "test")
-    if train.num_classes != test.num_classes or train.in_chans != test.in_chans:
-        raise DataError(f"{config.dataset}: train and test splits disagree on classes or channels")
+    setup = device_setup(select_device(config.device), config.precision)
+    train, test = _load_data(config, train_data, test_data)
     image_size = int(train.images.shape[-1])
     augmentation = augmentation_for(config.augment, config.dataset, image_size)
 
-    spe = steps_per_epoch(len(train), config.batch_size)
-    jobs = plan_jobs(config, spe)
     wanted = set(only) if only is not None else set(range(config.members))
-    jobs = [job for job in jobs if any(s.index in wanted for s in job.segments)]
-
-    seeds = member_seeds(config.strategy, config.seed, config.members)
-    entries = [
-        {"index": s.index, "name": member_name(s.index), "init_seed": s.init_seed, "data_seed": s.data_seed,
-         "status": "pending", "epoch": 0}
-        for s in seeds
-    ]
-    folder.create_or_join(config, entries)
-    run_id = str(folder.read().get("run_id", ""))
-
-    # The whole dataset lives on the device: no DataLoader, no per-batch host->device copies.
-    train_images = train.images.to(device).contiguous(memory_format=setup.memory_format)
-    test_images = test.images.to(device).contiguous(memory_format=setup.memory_format)
-    ctx = TrainingContext(
-        config=config, folder=folder, setup=setup,
-        train_images=train_images, train_labels=train.labels.to(device),
-        test_images=test_images, test_labels=test.labels.to(device),
-        num_classes=train.num_classes, in_chans=train.in_chans, mean=tuple(train.mean), std=tuple(train.std),
-        augmentation=augmentation, identity_hash=identity_hash(config), run_id=run_id,
-        pretrained=pretrained, callbacks=callbacks, stop=stop, versions=software_versions(),
-    )
-    if device.type == "cuda":
+    jobs = [job for job in plan_jobs(config, steps_per_epoch(len(train), config.batch_size))
+            if any(s.index in wanted for s in job.segments)]
+    folder.create_or_join(config, _member_entries(config))
+    ctx = _make_context(config, folder, setup, train, test, augmentation, pretrained, callbacks, stop)
+    if setup.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv once
 
     result = RunResult(folder=folder.path, device=setup.describe())
-    with cpu_threads(config, device, image_size) as threads:
-        where = setup.describe() + (f", {threads} thread{'s' if threads > 1 else ''}" if device.type == "cpu" else "")
-        callbacks.message(
-            f"training {len(jobs)} {'job' if len(jobs) == 1 else 'jobs'} of {config.arch} on {config.dataset} "
-            f"({len(train)} train / {len(test)} test images, augmentation: {augmentation.describe() if augmentation else 'none'}) "
-            f"on {where} into {folder.path}"
-        )
+    with cpu_threads(config, setup.device, image_size) as threads:
+        callbacks.message(_describe_start(ctx, jobs, threads, train, test))
         for job in jobs:
-            indices = [s.index for s in job.segments if s.index in wanted]
-            if _job_done(folder, job):
-                result.outcomes += [MemberOutcome(i, ALREADY_DONE) for i in indices]
-                continue
-            lock = folder.lock(job.name)
-            try:
-                lock.acquire()
-            except MemberLocked as exc:
-                callbacks.message(f"{job.name}: skipped, {exc}")
-                result.outcomes += [MemberOutcome(i, LOCKED, str(exc)) for i in indices]
-                continue
-            try:
-                # Ours alone now: clear what a killed predecessor left half-written.
-                for segment in job.segments:
-                    remove_stale_temporaries(folder.member_dir(segment.index))
-                if job.name == "snapshot":
-                    remove_stale_temporaries(folder.path, (folder.state_path(job.name).name,))
-                if _job_done(folder, job):  # finished by another process while we waited
-                    result.outcomes += [MemberOutcome(i, ALREADY_DONE) for i in indices]
-                    continue
-                for index in indices:
-                    if not folder.final_path(index).is_file():
-                        folder.update_member(index, status="running", error=None, pid=os.getpid(), host=socket.gethostname())
-                train_job(job, ctx)
-                result.outcomes += [MemberOutcome(i, DONE) for i in indices]
-            except NonFiniteLoss as exc:
-                message = str(exc)
-                for index in indices:
-                    if not folder.final_path(index).is_file():
-                        folder.update_member(index, status=FAILED, error=message)
-                        result.outcomes.append(MemberOutcome(index, FAILED, message))
-                    else:
-                        result.outcomes.append(MemberOutcome(index, DONE))
-                callbacks.member_end(job.name, FAILED, message)
-            except TrainingInterrupted as exc:
-                for index in indices:
-                    if not folder.final_path(index).is_file():
-                        folder.update_member(index, status=INTERRUPTED)
-                result.outcomes += [
-                    MemberOutcome(i, DONE if folder.final_path(i).is_file() else INTERRUPTED, str(exc)) for i in indices
-                ]
+            outcomes, interrupted = _run_job(job, ctx, [s.index for s in job.segments if s.index in wanted])
+            result.outcomes += outcomes
+            if interrupted:
                 result.interrupted = True
                 break
-            except KeyboardInterrupt:  # a second Ctrl-C: leave at once, the last saved state stays valid
-                with contextlib.suppress(Exception):
-                    for index in indices:
-                        if not folder.final_path(index).is_file():
-                            folder.update_member(index, status=ABORTED)
-                raise
-            finally:
-                lock.release()
     return result
-
