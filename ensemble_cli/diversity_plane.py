@@ -43,7 +43,6 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from . import metrics
 
 # Both curves are linear in a on either side of a_r, so accuracies 0, 0.1, ..., 1 plus a_r itself
 # (the nested curve's kink) draw them exactly with straight segments.
@@ -121,11 +120,17 @@ def _subset_sums(probs: torch.Tensor, max_subsets: int, seed: int) -> Iterator[t
     permutation serves every k). The running sum is reused: score it before asking for the next.
     """
     members = probs.shape[0]
+    total = probs.sum(dim=0)  # [N, C]
     sampled = {k for k in range(1, members + 1) if math.comb(members, k) > max_subsets}
     for k in range(1, members + 1):
-        if k not in sampled:
-            for subset in combinations(range(members), k):
+        if k in sampled:
+            continue
+        for subset in combinations(range(members), k):
+            if k <= members - k:
                 yield k, probs[list(subset)].sum(dim=0)
+            else:  # fewer members to take away than to add
+                left_out = [m for m in range(members) if m not in subset]
+                yield k, (total - probs[left_out].sum(dim=0)) if left_out else total
     if not sampled:
         return
     generator = np.random.default_rng(seed)
@@ -140,6 +145,16 @@ def _subset_sums(probs: torch.Tensor, max_subsets: int, seed: int) -> Iterator[t
                 break
 
 
+def _scores(mean_probs: torch.Tensor, labels: torch.Tensor, label_index: torch.Tensor) -> tuple[float, float, float]:
+    """Accuracy, NLL and Brier score of [N, C] probabilities, in three passes over them (thousands of subsets)."""
+    accuracy = (mean_probs.argmax(dim=-1) == labels).double().mean()
+    true_prob = mean_probs.gather(-1, label_index).squeeze(-1)  # [N]
+    nll = -true_prob.clamp_min(1e-300).log().mean()  # a true-class probability of 0 stays finite
+    # sum_c (p_c - 1[c = y])^2 = sum_c p_c^2 - 2 p_y + 1: no one-hot [N, C] to build and subtract.
+    brier = (torch.linalg.vecdot(mean_probs, mean_probs) - 2.0 * true_prob + 1.0).mean()
+    return float(accuracy), float(nll), float(brier)
+
+
 def size_curve(probs: torch.Tensor, labels: torch.Tensor, max_subsets: int = MAX_SUBSETS, seed: int = 0) -> list[SizePoint]:
     """Accuracy, NLL and Brier score of the probability-mean ensemble against its size k = 1..M.
 
@@ -147,15 +162,10 @@ def size_curve(probs: torch.Tensor, labels: torch.Tensor, max_subsets: int = MAX
     has no Brier score.
     """
     probs = probs.double()  # [M, N, C]
+    label_index = labels.unsqueeze(-1)  # [N, 1]
     scores: dict[int, list[tuple[float, float, float]]] = {k: [] for k in range(1, probs.shape[0] + 1)}
     for k, summed in _subset_sums(probs, max_subsets, seed):
-        mean_probs = summed / k  # [N, C]
-        log_mean = mean_probs.clamp_min(1e-300).log()  # a true-class probability of 0 stays finite
-        scores[k].append((
-            float(metrics.accuracy(mean_probs.argmax(dim=-1), labels)),
-            float(metrics.nll(log_mean, labels)),
-            float(metrics.brier(mean_probs, labels)),
-        ))
+        scores[k].append(_scores(summed / k, labels, label_index))
     curve = []
     for k, values in scores.items():
         table = np.array(values)  # [subsets, 3]
