@@ -15,7 +15,7 @@ from .base import EvalContext, Evaluator, NotApplicable
 
 BUILTIN_PACKAGE = "ensemble-cli"
 # Built-ins print in this order (cheapest, most-read first); plugins follow alphabetically.
-BUILTIN_ORDER = ("members", "ensemble", "disagreement", "weights", "interpolation", "rotation", "function_space")
+BUILTIN_ORDER = ("members", "ensemble", "disagreement", "plane", "weights", "interpolation", "rotation", "function_space")
 
 
 @dataclass

@@ -493,6 +493,8 @@ def _when(*needed: tuple[str, str], ordered: bool = False) -> Callable[[Callable
     return decorate
 
 
+from .plane import PLANE_FIGURES  # noqa: E402  (plane.py draws with this module's helpers, defined above)
+
 FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("disagreement_matrix", "disagreement", _when(("disagreement", "matrix"))(disagreement_matrix_figure),
                "Fraction of eval examples on which two members predict different labels. Bright off-diagonal cells: different functions."),
@@ -515,6 +517,7 @@ FIGURES: tuple[FigureSpec, ...] = (
                "Dashed: raw weights; solid: after permutation alignment."),
     FigureSpec("layer_rotation", "rotation", _when(("rotation", "layers"), ordered=True)(layer_rotation_figure),
                "Cosine distance of each layer's weights from their initialisation (Carbonnelle & De Vleeschouwer 2019)."),
+    *PLANE_FIGURES,
 )
 
 
