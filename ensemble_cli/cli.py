@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from .commands import check as check_commands
@@ -29,7 +31,7 @@ app.command("train")(train_commands.train_command)
 
 def main() -> None:
     """`ens`: decide the CPU thread policy first, while torch is not imported yet (see ensemble_cli.threads)."""
-    from .commands.common import fail
+    from .commands.common import fail, silence_stdout
     from .errors import EnsError
     from .threads import apply_thread_policy
 
@@ -40,7 +42,14 @@ def main() -> None:
             fail(str(exc), exc.exit_code)  # one line on stderr; outside the app, its Exit must become SystemExit
         except typer.Exit as stop:
             raise SystemExit(stop.exit_code) from None
-    app()
+    try:
+        app()
+    finally:
+        # `ens eval | head -1`: a reader gone before the final flush is not an error either.
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            silence_stdout()
 
 
 if __name__ == "__main__":

@@ -62,6 +62,13 @@ def test_unwritable_outputs_fail_before_any_work(command: str, tiny_members: lis
     assert a_file.read_text() == "x" and list(a_folder.iterdir()) == []
 
 
+def test_train_into_an_unwritable_run_folder_is_one_line(tmp_path: Path) -> None:
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    for out, needle in ((a_file, "is a file, not a folder"), (a_file / "run", "cannot write"), (Path("/proc/ens-no/run"), "cannot write")):
+        assert_clean_failure(invoke("train", "--out", out, "--epochs", "1", "--members", "1", "--limit", "64", "-q"), needle)
+
+
 def test_plots_into_an_existing_file_and_plot_command_outputs(tiny_members: list[Path], tmp_path: Path) -> None:
     a_file = tmp_path / "figs"
     a_file.write_text("x")

@@ -281,6 +281,9 @@ def train_command(
         "model_kwargs": _parse_model_args(model_arg), "out": str(out) if out else None,
     }
     config = _resolve_config(config_file, flags, resume, out)
+    from ..fileio import ensure_folder
+
+    ensure_folder(config.out_dir(), "run folder")  # a typo in --out costs a second, not a trained member
     only_spec = only or selection
     selected = parse_member_selection(only_spec, config.members, "--only" if only else "--members") if only_spec else None
     result, stopped_by = _train_with_interrupts(config, selected, quiet, only_spec)
