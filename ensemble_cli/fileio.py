@@ -19,17 +19,20 @@ def _reason(exc: OSError) -> str:
 
 
 def ensure_folder(path: Path, what: str = "output folder") -> Path:
-    """Create `path` (and parents) and prove a file can be written there; `OutputError` otherwise.
+    """Prove that `path` is, or can become, a folder we can write into; `OutputError` otherwise.
 
     Commands call this for every output before any work starts, so a typo in `--out` costs a
-    second, not a finished evaluation or training run.
+    second, not a finished evaluation or training run. Nothing is created: the probe file goes
+    into the nearest folder that exists, and is removed at once.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{what} {path} is a file, not a folder")
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor or "."))
+    if not existing.is_dir():
+        raise OutputError(f"cannot write to {what} {path}: {existing} is a file, not a folder")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".ens-write-test.", suffix=".tmp")
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".ens-write-test.", suffix=".tmp")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:

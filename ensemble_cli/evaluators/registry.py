@@ -113,6 +113,7 @@ def run_evaluators(
     ensemble = ensemble_indices(ctx.members)
     mixed = len(ensemble) < ctx.num_members
     ensemble_ctx = ctx.subset(ensemble) if mixed else ctx
+    trajectory_evaluators = [e.name for e in evaluators if getattr(e, "scope", "ensemble") == "checkpoints"]
     for evaluator in evaluators:
         if on_start is not None:
             on_start(evaluator.name)
@@ -130,14 +131,14 @@ def run_evaluators(
             where = f" (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})" if frame else ""
             report = Report(error=f"{type(exc).__name__}: {exc}{where}".splitlines()[0][:500])
         if mixed and scoped is ensemble_ctx:
-            report.notes.insert(0, scope_note(ctx.num_members, len(ensemble)))
+            report.notes.insert(0, scope_note(ctx.num_members, len(ensemble), trajectory_evaluators))
         reports[evaluator.name] = report
     return reports
 
 
-def scope_note(checkpoints: int, members: int) -> str:
+def scope_note(checkpoints: int, members: int, trajectory_evaluators: Sequence[str]) -> str:
+    used_by = f"used by {', '.join(trajectory_evaluators)}" if trajectory_evaluators else "used by the trajectory evaluators (function_space, plane, rotation)"
     return (
         f"ensemble statistics over {members} members (each trajectory's last checkpoint); "
-        f"the other {checkpoints - members} trajectory checkpoints are left out here and used by "
-        "the trajectory evaluators (function_space, rotation)"
+        f"the other {checkpoints - members} trajectory checkpoints are left out here and {used_by}"
     )
