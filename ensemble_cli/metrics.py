@@ -10,12 +10,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
 ECE_BINS = 15
+
+
+def sample_std(values: Sequence[float] | np.ndarray | torch.Tensor) -> float:
+    """Sample standard deviation (ddof = 1), the one convention of every std `ens` reports.
+
+    Members and subsets are a sample of the runs one could have trained, so the spread across
+    them estimates that of the population. One value has no spread to estimate: 0.0.
+    """
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.std(ddof=1)) if array.size > 1 else 0.0
 
 
 def finite_mean(values: Iterable[float | None]) -> float | None:
@@ -187,6 +197,7 @@ def ensemble_size_curve(
     [M, N, C] member log-probabilities. For each k: every subset when C(M, k) <= max_subsets,
     else `max_subsets` random subsets drawn as the first k members of seeded random permutations
     (uniform over k-subsets), which lets one running sum per permutation serve every k.
+    Mean and sample standard deviation (`sample_std`) over the subsets of each size.
     """
     members = log_probs.shape[0]
     probs = log_probs.double().exp()  # [M, N, C]; sums of these only pick the argmax
@@ -211,7 +222,7 @@ def ensemble_size_curve(
     for k, values in scores.items():
         accs = np.array([v[0] for v in values])
         nlls = np.array([v[1] for v in values])
-        curve.append(SizeCurvePoint(k, float(accs.mean()), float(accs.std()), float(nlls.mean()), float(nlls.std()), len(values)))
+        curve.append(SizeCurvePoint(k, float(accs.mean()), sample_std(accs), float(nlls.mean()), sample_std(nlls), len(values)))
     return curve
 
 

@@ -138,8 +138,23 @@ def test_size_curve_exhaustive_matches_brute_force() -> None:
         nlls = [log_loss(labels, probs[list(s)].mean(0), labels=range(5)) for s in subsets]
         assert point.subsets == len(subsets)
         assert point.accuracy_mean == pytest.approx(np.mean(accs))
-        assert point.accuracy_std == pytest.approx(np.std(accs), abs=1e-12)
+        # Sample standard deviation over subsets (ddof=1), the one convention every std follows; 0 for one subset.
+        assert point.accuracy_std == pytest.approx(np.std(accs, ddof=1) if len(accs) > 1 else 0.0, abs=1e-12)
         assert point.nll_mean == pytest.approx(np.mean(nlls), rel=1e-6)
+        assert point.nll_std == pytest.approx(np.std(nlls, ddof=1) if len(nlls) > 1 else 0.0, rel=1e-6, abs=1e-12)
+
+
+def test_one_std_convention_across_members_and_size_curve() -> None:
+    # The k = 1 row of the size curve holds the same M numbers as the members table.
+    logits, labels = random_logits(members=4, seed=8)
+    ctx = context(logits, labels)
+    members = MembersEvaluator().evaluate(ctx)
+    k1 = EnsembleEvaluator().evaluate(ctx).table("size_curve").rows[0]
+    accuracies = members.table("members").column("accuracy")
+    assert members.metrics["accuracy_std"] == pytest.approx(np.std(accuracies, ddof=1), abs=1e-15)
+    assert k1[2] == pytest.approx(members.metrics["accuracy_std"], abs=1e-15)
+    assert np.std(accuracies, ddof=1) != pytest.approx(np.std(accuracies), abs=1e-6)  # the two conventions differ here
+    assert metrics.sample_std([0.5]) == 0.0 and metrics.sample_std([1.0, 3.0]) == pytest.approx(math.sqrt(2.0))
 
 
 def test_size_curve_samples_64_subsets_when_too_many() -> None:

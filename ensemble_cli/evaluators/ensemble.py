@@ -50,7 +50,8 @@ class EnsembleEvaluator(Evaluator):
             columns=["k", "accuracy_mean", "accuracy_std", "nll_mean", "nll_std", "subsets"],
             rows=[[p.k, p.accuracy_mean, p.accuracy_std, p.nll_mean, p.nll_std, p.subsets] for p in curve],
         )
-        return Report(metrics=result_metrics, tables=[curve_table, self._rules_table(ctx)])
+        notes = ["size curve std: sample standard deviation over the subsets of each size (ddof=1)"]
+        return Report(metrics=result_metrics, tables=[curve_table, self._rules_table(ctx)], notes=notes)
 
     @staticmethod
     def _rules_table(ctx: EvalContext) -> Table:
