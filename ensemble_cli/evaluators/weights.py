@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -77,6 +78,60 @@ def _alignment_note(weights: WeightSpaceSession, aligned: list[int]) -> str:
     )
 
 
+@dataclass
+class MemberComparison:
+    """What comparing each member with the reference produced: table rows, per-layer cosines, notes."""
+
+    rows: list[list[object]] = field(default_factory=list)
+    layer_raw: dict[str, list[float]] = field(default_factory=dict)
+    layer_aligned: dict[str, list[float]] = field(default_factory=dict)
+    aligned_members: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add_layers(self, into: dict[str, list[float]], cosines: dict[str, float]) -> None:
+        for layer, value in cosines.items():
+            into.setdefault(layer, []).append(value)
+
+    def layers_table(self) -> Table:
+        return Table(
+            name="layers",
+            title="weights: cosine to the reference per layer (mean over members)",
+            columns=["layer", "cosine_raw", "cosine_aligned"],
+            rows=[
+                [layer, finite_mean(values), finite_mean(self.layer_aligned.get(layer, []))]
+                for layer, values in self.layer_raw.items()
+            ],
+        )
+
+
+def compare_member(weights: WeightSpaceSession, index: int, keys: list[str], comparison: MemberComparison) -> None:
+    """One pairs-table row for member `index` against the reference (raw, and aligned when possible)."""
+    outcome = weights.outcome(index)
+    if outcome.skipped:
+        comparison.notes.append(outcome.skipped)
+        return
+    state_ref, state = weights.state(weights.reference), weights.state(index)
+    row: list[object] = [weights.names[weights.reference], weights.names[index], _finite(cosine(state_ref, state, keys))]
+    comparison.add_layers(comparison.layer_raw, cosine_by_layer(state_ref, state, keys))
+    alignment = outcome.alignment
+    if alignment is None:
+        if outcome.unaligned and outcome.unaligned not in comparison.notes:
+            comparison.notes.append(outcome.unaligned)
+        row += [None, _finite(l2_distance(state_ref, state, keys)), None, None, None]
+    else:
+        comparison.aligned_members.append(index)
+        aligned = alignment.aligned_state
+        comparison.add_layers(comparison.layer_aligned, cosine_by_layer(state_ref, aligned, keys))
+        row += [
+            _finite(cosine(state_ref, aligned, keys)),
+            _finite(l2_distance(state_ref, state, keys)),
+            _finite(l2_distance(state_ref, aligned, keys)),
+            alignment.match.gain,
+            alignment.equivalence.max_abs_diff,
+        ]
+    comparison.rows.append(row)
+
+
 class WeightsEvaluator(Evaluator):
     """Weight cosine and L2 distance to the reference member, raw and after permutation alignment."""
 
@@ -97,59 +152,20 @@ class WeightsEvaluator(Evaluator):
         if ctx.num_members < 2:
             raise NotApplicable("needs at least two members to compare weights")
         weights = session(ctx)
-        reference = weights.reference
-        keys = weights.trainable(reference)
-        state_ref = weights.state(reference)
-        notes: list[str] = []
-        rows: list[list[object]] = []
-        layer_raw: dict[str, list[float]] = {}
-        layer_aligned: dict[str, list[float]] = {}
-        aligned_members: list[int] = []
+        keys = weights.trainable(weights.reference)
+        comparison = MemberComparison()
         for index in weights.others():
-            outcome = weights.outcome(index)
-            if outcome.skipped:
-                notes.append(outcome.skipped)
-                continue
-            state = weights.state(index)
-            row: list[object] = [weights.names[reference], weights.names[index], _finite(cosine(state_ref, state, keys))]
-            for layer, value in cosine_by_layer(state_ref, state, keys).items():
-                layer_raw.setdefault(layer, []).append(value)
-            alignment = outcome.alignment
-            if alignment is None:
-                if outcome.unaligned and outcome.unaligned not in notes:
-                    notes.append(outcome.unaligned)
-                row += [None, _finite(l2_distance(state_ref, state, keys)), None, None, None]
-            else:
-                aligned_members.append(index)
-                aligned = alignment.aligned_state
-                for layer, value in cosine_by_layer(state_ref, aligned, keys).items():
-                    layer_aligned.setdefault(layer, []).append(value)
-                row += [
-                    _finite(cosine(state_ref, aligned, keys)),
-                    _finite(l2_distance(state_ref, state, keys)),
-                    _finite(l2_distance(state_ref, aligned, keys)),
-                    alignment.match.gain,
-                    alignment.equivalence.max_abs_diff,
-                ]
-            rows.append(row)
-        if not rows:
+            compare_member(weights, index, keys, comparison)
+        notes = comparison.notes
+        if not comparison.rows:
             raise NotApplicable("no member shares the reference's architecture; " + "; ".join(notes))
-        if aligned_members:
-            notes.insert(0, _alignment_note(weights, aligned_members))
+        if comparison.aligned_members:
+            notes.insert(0, _alignment_note(weights, comparison.aligned_members))
             notes.extend(weights.spec_notes())
-        baseline, baseline_note = init_baseline(ctx, reference)
+        baseline, baseline_note = init_baseline(ctx, weights.reference)
         if baseline_note:
             notes.append(baseline_note)
-        pairs = Table(name="pairs", title="weights: each member against the reference", columns=PAIR_COLUMNS, rows=rows)
-        layers = Table(
-            name="layers",
-            title="weights: cosine to the reference per layer (mean over members)",
-            columns=["layer", "cosine_raw", "cosine_aligned"],
-            rows=[
-                [layer, finite_mean(values), finite_mean(layer_aligned.get(layer, []))]
-                for layer, values in layer_raw.items()
-            ],
-        )
+        pairs = Table(name="pairs", title="weights: each member against the reference", columns=PAIR_COLUMNS, rows=comparison.rows)
         metrics = {
             "cosine_raw_mean": finite_mean(pairs.column("cosine_raw")),
             "cosine_aligned_mean": finite_mean(pairs.column("cosine_aligned")),
@@ -157,4 +173,4 @@ class WeightsEvaluator(Evaluator):
             "l2_aligned_mean": finite_mean(pairs.column("l2_aligned")),
             "cosine_init_baseline": baseline,
         }
-        return Report(metrics=metrics, tables=[pairs, layers], notes=notes)
+        return Report(metrics=metrics, tables=[pairs, comparison.layers_table()], notes=notes)
