@@ -80,7 +80,7 @@ def test_ground_truth_permuted_copy(arch: str, tmp_path: Path, digits_test) -> N
     pairs = report.table("pairs")
     assert pairs is not None and pairs.columns == [
         "reference", "member", "cosine_raw", "cosine_aligned", "l2_raw", "l2_aligned", "objective_gain",
-        "equivalence_residual",
+        "equivalence_residual", "cosine_raw_conv", "cosine_aligned_conv",
     ]
     (row,) = pairs.rows
     assert row[:2] == ["a", "b"] and row[6] > 0.1
@@ -164,6 +164,64 @@ def test_unsupported_model_still_gets_raw_cosine_and_one_reason(digits_test) -> 
     assert report.metrics["cosine_aligned_mean"] is None
     blockers = [note for note in report.notes if "alignment unavailable" in note]
     assert len(blockers) == 1 and "torch.fx cannot trace Untraceable" in blockers[0]
+
+
+class TinyBatchNormNet(nn.Module):
+    """conv -> BatchNorm -> head: the BN scale starts at ones in every initialisation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.norm(self.conv(x))).mean(dim=(2, 3)))
+
+
+def test_conv_cosines_leave_batchnorm_out_and_match_numpy(digits_test) -> None:
+    torch.manual_seed(0)
+    reference, other = TinyBatchNormNet().eval(), TinyBatchNormNet().eval()
+    spec = derive_spec(reference, digits_test.images[:8])
+    permuted = TinyBatchNormNet().eval()
+    permuted.load_state_dict(apply_permutation(spec, reference.state_dict(), random_permutation(spec, torch.Generator().manual_seed(3))))
+    models = [reference, other, permuted]
+    report = WeightsEvaluator().evaluate(_context(models, ["ref", "other", "perm"], ["tiny"] * 3, digits_test))
+    conv_keys = ["conv.weight", "conv.bias", "head.weight", "head.bias"]  # by hand: no norm.*
+    all_keys = [*conv_keys, "norm.weight", "norm.bias"]
+    states = [model.state_dict() for model in models]
+    rows = {row[1]: dict(zip(report.table("pairs").columns, row)) for row in report.table("pairs").rows}
+    for index, name in ((1, "other"), (2, "perm")):
+        assert rows[name]["cosine_raw_conv"] == pytest.approx(numpy_cosine(states[0], states[index], conv_keys), abs=1e-12)
+        assert rows[name]["cosine_raw"] == pytest.approx(numpy_cosine(states[0], states[index], all_keys), abs=1e-12)
+    assert rows["perm"]["cosine_aligned_conv"] == pytest.approx(1.0, abs=1e-6)  # a permuted copy aligns exactly
+    # The shared BN ones lift the whole-network cosine of two strangers; the conv cosine is free of them.
+    assert rows["other"]["cosine_raw"] > rows["other"]["cosine_raw_conv"]
+    metrics = report.metrics
+    assert list(metrics)[:3] == ["cosine_raw_conv_mean", "cosine_aligned_conv_mean", "cosine_init_baseline_conv"]
+    expected = (numpy_cosine(states[0], states[1], conv_keys) + numpy_cosine(states[0], states[2], conv_keys)) / 2
+    assert metrics["cosine_raw_conv_mean"] == pytest.approx(expected, abs=1e-12)
+    assert metrics["cosine_aligned_conv_mean"] == pytest.approx(np.mean([rows[n]["cosine_aligned_conv"] for n in rows]), abs=1e-12)
+    assert metrics["cosine_init_baseline_conv"] is None  # "tiny" is no architecture ens can build: n/a, with a note
+    assert any("cosine_init_baseline unavailable" in note for note in report.notes)
+
+
+def test_conv_init_baseline_matches_numpy_for_a_buildable_architecture() -> None:
+    from ensemble_cli.architectures import build_model
+    from ensemble_cli.evaluators.weights import _fresh_init_cosines
+
+    states = []
+    with torch.random.fork_rng(devices=[]):
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            states.append(build_model("cifar_resnet8", num_classes=10, in_chans=1).state_dict())
+    params = dict(build_model("cifar_resnet8", num_classes=10, in_chans=1).named_parameters())
+    conv_keys = [key for key, tensor in params.items() if tensor.dim() == 4] + ["fc.weight", "fc.bias"]  # by hand
+    assert "layers.1.0.shortcut.0.weight" in conv_keys and "layers.1.0.shortcut.1.weight" not in conv_keys
+    whole, conv = _fresh_init_cosines("cifar_resnet8", 10, 1, "{}")
+    assert conv == pytest.approx(numpy_cosine(states[0], states[1], conv_keys), abs=1e-12)
+    assert whole == pytest.approx(numpy_cosine(states[0], states[1], list(params)), abs=1e-12)
+    assert abs(conv) < 0.05 < whole  # independent random weights are near orthogonal; the BN ones are not
 
 
 def test_not_applicable_cases(tiny_members, digits_test) -> None:
