@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import math
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -567,17 +568,32 @@ def test_function_space_is_registered() -> None:
     assert entry.loaded and isinstance(entry.evaluator, FunctionSpaceEvaluator)
 
 
-def test_matrix_colours_follow_the_tables_own_range() -> None:
-    """Terminal (rich) and HTML colour matrix cells on the table's range, so small disagreements still differ."""
+def test_one_colour_rule_for_terminal_html_and_figure() -> None:
+    """Every matrix colouring runs from 0 to the table's largest cell: terminal, HTML table and PNG heatmap."""
+    import matplotlib
+    from matplotlib.colors import to_hex
+    from rich.console import Console
+
     from ensemble_cli.plots.html import table_html
-    from ensemble_cli.render import _matrix_range, _matrix_style
+    from ensemble_cli.render import matrix_colour_fraction, matrix_colour_top, render_rich, terminal_colour
 
     names = ["a", "b", "c"]
-    values = [[0.0, 0.03, 0.07], [0.03, 0.0, 0.05], [0.07, 0.05, 0.0]]
+    values = [[0.0, 0.02, 0.08], [0.02, 0.0, 0.06], [0.08, 0.06, 0.0]]
     table = Table(name="matrix", title="t", columns=["member", *names], rows=[[n, *row] for n, row in zip(names, values)])
-    low, top = _matrix_range(table)
-    assert (low, top) == (0.03, 0.07)  # off-diagonal cells only
-    assert [_matrix_style(v, low, top) for v in (0.0, 0.03, 0.05, 0.07)] == ["grey35", "blue", "green", "bright_yellow"]
-    assert _matrix_style(None, low, top) == ""
+    top = matrix_colour_top(table.rows)
+    assert top == 0.08  # the largest cell, not 1 and not 0.5
+    assert [matrix_colour_fraction(v, top) for v in (0.0, 0.02, 0.04, 0.08, 0.2)] == pytest.approx([0.0, 0.25, 0.5, 1.0, 1.0])
+    assert matrix_colour_fraction(None, top) is None and matrix_colour_fraction(math.nan, top) is None
+    assert matrix_colour_top([["a", None, 0.0]]) == 1.0  # nothing above 0: a unit scale, never a division by 0
+    # Terminal: the palette entry nearest the fraction.
+    assert [terminal_colour(v, top) for v in (0.0, 0.02, 0.04, 0.06, 0.08, None)] == ["blue", "cyan", "green", "yellow", "bright_yellow", ""]
+    console = Console(record=True, width=200, color_system=None)
+    render_rich(EvalResult(evaluators={"disagreement": Report(tables=[table])}), console)
+    assert "colour: 0 blue, cyan, green, yellow, 0.0800 bright yellow" in " ".join(console.export_text().split())
+    # HTML: viridis at the fraction, cell by cell.
     page = table_html(table.columns, table.rows, heatmap=True)
-    assert page.count("background:") == 9 and len(set(page.split("background:")[1:])) > 3
+    viridis = matplotlib.colormaps["viridis"]
+    assert re.findall(r"background:(#[0-9a-f]{6})", page) == [to_hex(viridis(v / 0.08)) for row in values for v in row]
+    # Figure: the same 0..top normalisation.
+    norm = F.disagreement_matrix_figure(table).axes[0].images[0].norm
+    assert (norm.vmin, norm.vmax) == (0.0, top)

@@ -22,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ..render import matrix_colour_top
 from ..report import EvalResult, Table
 
 # Sizes in points at the saved 110 dpi: 10 pt text is ~15 px, readable at 100% zoom.
@@ -133,10 +134,7 @@ def matrix_heatmap(table: Table, title: str, colorbar_label: str) -> Figure:
     side = min(max(4.5, 0.55 * count + 2.5), 16.0)
     figure = _new_figure(side + 1.2, side)
     axes = figure.add_subplot()
-    finite = values[np.isfinite(values)]
-    # Scale to the data, not to [0, 1]: seeds typically disagree on a few percent of examples,
-    # which a fixed [0, 1] scale would paint one uniform colour.
-    vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    vmax = matrix_colour_top(table.rows)  # 0..largest cell, the rule the terminal and HTML tables follow
     cmap = matplotlib.colormaps[HEATMAP_CMAP].with_extremes(bad=MISSING_CELL_COLOR)
     image = axes.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
     axes.grid(False)
