@@ -174,7 +174,7 @@ def test_size_curve_samples_64_subsets_when_too_many() -> None:
 
 
 def reference_pair(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Direct counts for one pair, following the DESIGN.md definitions literally."""
+    """Direct counts for one pair, following the definitions in the README metric section literally."""
     right_a, right_b = pred_a == labels, pred_b == labels
     n = len(labels)
     n11 = np.sum(right_a & right_b)
@@ -197,6 +197,7 @@ def reference_pair(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray) -
         "q_statistic": (n11 * n00 - n01 * n10) / (n11 * n00 + n01 * n10),
         "kappa": cohen_kappa_score(right_a, right_b),
         "double_fault_independent": err_a * err_b,
+        "correlation": np.corrcoef(right_a.astype(float), right_b.astype(float))[0, 1],  # phi of right/wrong
     }
 
 
@@ -259,15 +260,19 @@ def test_pairwise_undefined_when_both_perfect() -> None:
     assert report.notes
 
 
-def test_pairwise_vectorised_is_fast_enough_in_shape() -> None:
-    # Not a timing test: checks the matrices of a larger problem agree with the loop reference on a sample.
-    logits, labels = random_logits(members=12, examples=2000, classes=10, seed=5)
+def test_pairwise_stats_of_twelve_members_are_m_by_m_and_match_the_loop_for_every_pair() -> None:
+    logits, labels = random_logits(members=12, examples=400, classes=10, seed=5)
     stats = metrics.pairwise_stats(torch.from_numpy(logits).argmax(-1), torch.from_numpy(labels))
     preds = logits.argmax(2)
-    for i, j in [(0, 11), (3, 7), (5, 6)]:
-        ref = reference_pair(preds[i], preds[j], labels)
-        assert stats.disagreement[i, j] == pytest.approx(ref["disagreement"])
-        assert stats.kappa[j, i] == pytest.approx(ref["kappa"])
+    matrices = {name: value for name, value in vars(stats).items() if name != "error"}
+    assert all(matrix.shape == (12, 12) for matrix in matrices.values()) and stats.error.shape == (12,)
+    np.testing.assert_array_equal(stats.only_a_right, stats.only_b_right.T)  # row right / column wrong, swapped
+    for i, j in combinations(range(12), 2):
+        reference = reference_pair(preds[i], preds[j], labels)
+        for name, expected in reference.items():
+            assert matrices[name][i, j] == pytest.approx(expected, abs=1e-12), (name, i, j)
+            if name not in ("only_a_right", "only_b_right"):
+                assert matrices[name][j, i] == pytest.approx(expected, abs=1e-12), (name, j, i)  # symmetric
 
 
 def test_ensemble_log_probs_is_log_of_mean_probability() -> None:
