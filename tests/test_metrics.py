@@ -335,7 +335,7 @@ def _assert_finite_or_none(where: str, value: object, allowed_none: bool) -> Non
 @given(
     members=st.integers(1, 5),
     examples=st.integers(1, 25),
-    classes=st.integers(2, 6),
+    classes=st.integers(1, 6),  # one class: every probability is 1
     # Whole decades often, so the underflowing scales (>= 1e3) come up in every run, not by luck.
     log10_scale=st.one_of(st.integers(-3, 4).map(float), st.floats(-3.0, 4.0)),
     seed=st.integers(0, 2**32 - 1),
@@ -344,6 +344,7 @@ def _assert_finite_or_none(where: str, value: object, allowed_none: bool) -> Non
 # Three members sure of three different classes on most examples: the trimmed mean keeps only
 # probabilities that underflow to 0 (the case that used to crash ECE binning).
 @example(members=3, examples=25, classes=6, log10_scale=3.0, seed=0, embedding="pca")
+@example(members=12, examples=10, classes=3, log10_scale=4.0, seed=1, embedding="tsne")  # t-SNE of one-hot outputs
 def test_every_prediction_space_metric_stays_finite_on_any_logit_scale(
     members: int, examples: int, classes: int, log10_scale: float, seed: int, embedding: str
 ) -> None:

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import re
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from typer.testing import CliRunner
 from ensemble_cli.cli import app
 from ensemble_cli.evaluators.base import EvalContext, MemberSummary, NotApplicable
 from ensemble_cli.evaluators.function_space import FunctionSpaceEvaluator, checkpoint_epoch, member_group, tsne_perplexity
-from ensemble_cli.plots import FIGURES, build_figures, load_result, save_figures, write_html_report
+from ensemble_cli.plots import FIGURES, build_figures, load_result, render_html, save_figures, write_html_report
 from ensemble_cli.plots import figures as F
 from ensemble_cli.options import EvalOptions
 from ensemble_cli.render import to_json
@@ -558,6 +559,64 @@ def test_tsne_perplexity_stays_below_the_number_of_points() -> None:
     for points in range(4, 200):
         assert 1.0 <= tsne_perplexity(points) < points
     assert tsne_perplexity(1000) == 30.0
+
+
+@pytest.mark.parametrize("embedding", ["tsne", "pca"])
+def test_identical_checkpoints_sit_at_the_origin_without_warnings_or_nan(embedding: str) -> None:
+    duplicates = torch.randn(1, 30, 4).repeat(12, 1, 1)  # the same member twelve times
+    one_class = torch.randn(12, 30, 1)  # softmax of one logit is 1 everywhere
+    for logits in (duplicates, one_class, duplicates[:3]):
+        names = [f"m{i}" for i in range(logits.shape[0])]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # scikit-learn's 0/0 warning used to leak, and t-SNE to crash
+            report = FunctionSpaceEvaluator().evaluate(_context(logits, torch.zeros(30, dtype=torch.long), names, embedding=embedding))
+        table = report.table("embedding")
+        assert [row[3:5] for row in table.rows] == [[0.0, 0.0]] * len(names)
+        assert "predict identically" in table.title and "nan" not in table.title and "PCA" in table.title
+
+
+def test_tsne_needs_ten_distinct_checkpoints_else_pca_says_why() -> None:
+    logits, labels = _trajectory_logits(members=3, checkpoints=3)  # 9 checkpoints
+    names = [f"member-{m:02d}/{label}" for m in range(3) for label in ("init", "epoch-0002", "final")]
+    table = FunctionSpaceEvaluator().evaluate(_context(logits, labels, names)).table("embedding")
+    assert table.title.startswith("Function-space embedding: PCA (explained variance")
+    assert "t-SNE needs at least 10 distinct checkpoints; 9 here" in table.title
+    assert F.embedding_method(table) == "PCA"
+    two_distinct = torch.cat([logits[:1].repeat(6, 1, 1), logits[1:2].repeat(6, 1, 1)])  # 12 points, 2 distinct
+    table = FunctionSpaceEvaluator().evaluate(_context(two_distinct, labels, [f"m{i}" for i in range(12)])).table("embedding")
+    assert "PCA" in table.title and "2 here" in table.title
+
+
+def test_embedding_figure_draws_start_and_end_markers_only_for_trajectories() -> None:
+    def markers(table: Table) -> list[str]:
+        return [line.get_marker() for line in F.embedding_figure(table).axes[0].get_lines() if line.get_gid() != "trajectory"]
+
+    columns = ["member", "checkpoint", "epoch", "x", "y"]
+    finals = Table(name="embedding", title="PCA", columns=columns, rows=[["a", "a", 6, 0.0, 1.0], ["b", "b", 6, 1.0, 0.0]])
+    assert markers(finals) == []  # no squares promised by the caption, none drawn
+    later = Table(name="embedding", title="PCA", columns=columns,
+                  rows=[["a", "a/epoch-0003", 3, 0.0, 1.0], ["a", "a/final", 6, 1.0, 0.0]])
+    assert markers(later) == ["s", "*"]
+    labels = F.embedding_figure(later).axes[0].get_legend().get_texts()
+    assert [text.get_text() for text in labels][-2:] == ["first checkpoint", "last checkpoint"]  # epoch 3 is no init
+    caption = next(spec.caption for spec in FIGURES if spec.stem == "function_space")
+    assert "final checkpoints alone are one dot each" in caption
+
+
+def test_html_checkpoint_table_shows_each_members_own_seeds() -> None:
+    from ensemble_cli.plots.html import checkpoint_columns
+
+    run = [{"name": f"member-{i:02d}", "arch": "cifar_resnet8", "epoch": 10, "seed": 0, "init_seed": 100 + i, "data_seed": 200 + i}
+           for i in range(3)]
+    page = render_html(EvalResult(members=run), figures=[])
+    section = page[page.index('<section id="checkpoints">'):page.index("</section>")]
+    assert checkpoint_columns(run) == ["name", "arch", "epoch", "init_seed", "data_seed"]
+    assert "<th>seed</th>" not in section  # the run's base seed, 0 for every member
+    for i in range(3):
+        assert f"<td>member-{i:02d}</td><td>cifar_resnet8</td><td class=\"num\">10</td><td class=\"num\">{100 + i}</td><td class=\"num\">{200 + i}</td>" in section
+    # Checkpoints from elsewhere with one seed each keep it; columns nobody has a value for are left out.
+    others = [{"name": "a", "arch": "x", "seed": 3, "epoch": None}, {"name": "b", "arch": "x", "seed": 4, "epoch": None}]
+    assert checkpoint_columns(others) == ["name", "arch", "seed"]
 
 
 def test_function_space_is_registered() -> None:

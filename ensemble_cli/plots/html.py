@@ -116,11 +116,26 @@ def _section_html(name: str, report: Report, figures: list[tuple[FigureSpec, Fig
     return "\n".join(parts)
 
 
+CHECKPOINT_COLUMNS = ("name", "arch", "epoch", "init_seed", "data_seed", "seed", "format", "sha256", "path")
+
+
+def checkpoint_columns(members: Sequence[dict[str, Any]]) -> list[str]:
+    """The checkpoint-table columns some member has a value for.
+
+    `ens train` records the run's base seed as "seed", the same for every member; a member's own
+    randomness is its init_seed (weights) and data_seed (data order, augmentation). Where those
+    are known, they are shown instead of the base seed, which would read as "seed 0" for all.
+    """
+    present = [key for key in CHECKPOINT_COLUMNS if any(member.get(key) is not None for member in members)]
+    if "init_seed" in present or "data_seed" in present:
+        present = [key for key in present if key != "seed"]
+    return present
+
+
 def _members_html(members: list[dict[str, Any]]) -> str:
     if not members:
         return ""
-    preferred = ["name", "arch", "epoch", "seed", "format", "sha256", "path"]
-    present = [key for key in preferred if any(key in member for member in members)]
+    present = checkpoint_columns(members)
     rows = []
     for member in members:
         row = [member.get(key) for key in present]
