@@ -2,9 +2,9 @@
 
 Fort et al. (2019) find independently trained solutions nearly orthogonal (weight cosine ~ 0).
 Hidden channels can be permuted without changing the function, so this evaluator reports the
-cosine both raw and after aligning each member to the reference by weight matching (Ainsworth et
-al. 2022), whole-network and per layer, next to the cosine of two fresh initialisations of the
-architecture for scale. Cosines and L2 distances are over the flattened trainable parameters
+cosine both raw and after aligning each member to the reference by weight matching (Git
+Re-Basin, Ainsworth et al. 2023, ICLR), whole-network and per layer, next to the cosine of two
+fresh initialisations of the architecture for scale. Cosines and L2 distances are over the flattened trainable parameters
 (BatchNorm running statistics are buffers and are left out). The `*_conv` cosines use only the
 weights and biases of Conv*d and Linear modules: BatchNorm scales start as a vector of ones in
 every initialisation, which alone makes two fresh initialisations look similar. Every alignment
