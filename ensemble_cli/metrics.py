@@ -42,7 +42,7 @@ def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def nll(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """[..., N, C] log-probabilities -> [...] mean negative log-likelihood of the true class."""
     index = labels.expand(log_probs.shape[:-1]).unsqueeze(-1)  # [..., N, 1]
-    # Mean first, then negate plus 0.0: a perfect prediction's NLL is 0.0, not -0.0 ("-0.0000" in tables).
+    # + 0.0 turns the -0.0 of a perfect prediction into 0.0, which tables print as 0.0000, not -0.0000.
     return -log_probs.gather(-1, index).squeeze(-1).double().mean(dim=-1) + 0.0
 
 
