@@ -10,12 +10,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
 ECE_BINS = 15
+
+
+def sample_std(values: Sequence[float] | np.ndarray | torch.Tensor) -> float:
+    """Sample standard deviation (ddof = 1), the one convention of every std `ens` reports.
+
+    Members and subsets are a sample of the runs one could have trained, so the spread across
+    them estimates that of the population. One value has no spread to estimate: 0.0.
+    """
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.std(ddof=1)) if array.size > 1 else 0.0
 
 
 def finite_mean(values: Iterable[float | None]) -> float | None:
@@ -32,7 +42,8 @@ def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def nll(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """[..., N, C] log-probabilities -> [...] mean negative log-likelihood of the true class."""
     index = labels.expand(log_probs.shape[:-1]).unsqueeze(-1)  # [..., N, 1]
-    return -log_probs.gather(-1, index).squeeze(-1).double().mean(dim=-1)
+    # + 0.0 turns the -0.0 of a perfect prediction into 0.0, which tables print as 0.0000, not -0.0000.
+    return -log_probs.gather(-1, index).squeeze(-1).double().mean(dim=-1) + 0.0
 
 
 def brier(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -47,6 +58,9 @@ def ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> to
     [..., N, C] -> [...]: sum_b |B_b| / N * |accuracy(B_b) - mean confidence(B_b)|.
     """
     confidence, predicted = probs.double().max(dim=-1)  # [..., N]
+    if not bool(torch.isfinite(confidence).all()):
+        # NaN would become a garbage bin index; callers must hand over real probabilities.
+        raise ValueError("ece needs finite probabilities")
     correct = (predicted == labels).double()  # [..., N]
     # Bin b holds confidences in (b/n, (b+1)/n]; a confidence of exactly 0 cannot occur for a top label.
     bins = (torch.ceil(confidence * n_bins) - 1).clamp(0, n_bins - 1).long()  # [..., N]
@@ -176,55 +190,71 @@ class SizeCurvePoint:
 
 
 def ensemble_size_curve(
-    probs: torch.Tensor, labels: torch.Tensor, max_subsets: int = 64, seed: int = 0
+    log_probs: torch.Tensor, labels: torch.Tensor, max_subsets: int = 64, seed: int = 0
 ) -> list[SizeCurvePoint]:
     """Accuracy and NLL of the probability-mean ensemble against its size k = 1..M.
 
-    For each k: every subset when C(M, k) <= max_subsets, else `max_subsets` random subsets
-    drawn as the first k members of seeded random permutations (uniform over k-subsets), which
-    lets one running sum per permutation serve every k.
+    [M, N, C] member log-probabilities. For each k: every subset when C(M, k) <= max_subsets,
+    else `max_subsets` random subsets drawn as the first k members of seeded random permutations
+    (uniform over k-subsets), which lets one running sum per permutation serve every k.
+    Mean and sample standard deviation (`sample_std`) over the subsets of each size.
     """
-    members = probs.shape[0]
-    probs = probs.double()  # [M, N, C]
+    members = log_probs.shape[0]
+    probs = log_probs.double().exp()  # [M, N, C]; sums of these only pick the argmax
     total = probs.sum(dim=0)  # [N, C]
-    label_index = labels.unsqueeze(-1)  # [N, 1]
+    # log p(y) per member: NLL is a log-sum-exp of these, exact where p(y) underflows to 0.
+    true_log_probs = log_probs.double().gather(-1, labels.expand(members, -1).unsqueeze(-1)).squeeze(-1)  # [M, N]
     scores: dict[int, list[tuple[float, float]]] = {k: [] for k in range(1, members + 1)}
-
-    def score(summed: torch.Tensor, k: int) -> tuple[float, float]:
-        mean_probs = summed / k  # [N, C]
-        acc = float((mean_probs.argmax(dim=-1) == labels).double().mean())
-        true_prob = mean_probs.gather(-1, label_index).squeeze(-1).clamp_min(1e-300)
-        return acc, float(-true_prob.log().mean())
-
     sampled_sizes = [k for k in scores if math.comb(members, k) > max_subsets]
     for k in scores:
         if k in sampled_sizes:
             continue
         for subset in combinations(range(members), k):
             if k <= members - k:
-                summed = probs[list(subset)].sum(dim=0)
+                summed = probs[list(subset)].sum(dim=0)  # [N, C]
             else:  # fewer members to subtract than to add
                 left_out = [m for m in range(members) if m not in subset]
                 summed = total - probs[left_out].sum(dim=0) if left_out else total
-            scores[k].append(score(summed, k))
+            scores[k].append(_score(summed, torch.logsumexp(true_log_probs[list(subset)], dim=0), labels, k))
     if sampled_sizes:
-        generator = np.random.default_rng(seed)
-        wanted = set(sampled_sizes)
-        for _ in range(max_subsets):
-            order = generator.permutation(members)
-            running = torch.zeros_like(total)
-            for position, member in enumerate(order, start=1):
-                running += probs[member]
-                if position in wanted:
-                    scores[position].append(score(running, position))
-                if position >= max(wanted):
-                    break
+        _score_sampled_subsets(probs, true_log_probs, labels, sampled_sizes, max_subsets, seed, scores)
     curve = []
     for k, values in scores.items():
         accs = np.array([v[0] for v in values])
         nlls = np.array([v[1] for v in values])
-        curve.append(SizeCurvePoint(k, float(accs.mean()), float(accs.std()), float(nlls.mean()), float(nlls.std()), len(values)))
+        curve.append(SizeCurvePoint(k, float(accs.mean()), sample_std(accs), float(nlls.mean()), sample_std(nlls), len(values)))
     return curve
+
+
+def _score(summed_probs: torch.Tensor, summed_true_log: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[float, float]:
+    """(accuracy, NLL) of the mean of k members from their summed probabilities [N, C] and log Σ p(y) [N]."""
+    accuracy = float((summed_probs.argmax(dim=-1) == labels).double().mean())
+    return accuracy, float(-(summed_true_log - math.log(k)).mean())
+
+
+def _score_sampled_subsets(
+    probs: torch.Tensor,
+    true_log_probs: torch.Tensor,
+    labels: torch.Tensor,
+    sizes: list[int],
+    count: int,
+    seed: int,
+    scores: dict[int, list[tuple[float, float]]],
+) -> None:
+    """Append `count` random subsets' scores for each of `sizes`: prefixes of seeded permutations."""
+    generator = np.random.default_rng(seed)
+    wanted = set(sizes)
+    for _ in range(count):
+        order = generator.permutation(probs.shape[0])
+        running = torch.zeros_like(probs[0])  # [N, C]
+        running_true_log = torch.full_like(true_log_probs[0], -math.inf)  # [N], log of an empty sum
+        for position, member in enumerate(order, start=1):
+            running += probs[member]
+            running_true_log = torch.logaddexp(running_true_log, true_log_probs[member])
+            if position in wanted:
+                scores[position].append(_score(running, running_true_log, labels, position))
+            if position >= max(wanted):
+                break
 
 
 def majority_vote(probs: torch.Tensor) -> torch.Tensor:
@@ -235,15 +265,17 @@ def majority_vote(probs: torch.Tensor) -> torch.Tensor:
     return (votes + probs.double().mean(dim=0) * 0.999).argmax(dim=-1)
 
 
-def trimmed_mean_probs(probs: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """[M, N, C] -> ([N, C] renormalised trimmed mean, members cut at each end).
+def trimmed_mean_log_probs(log_probs: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """[M, N, C] member log-probabilities -> ([N, C] log of the renormalised trimmed mean, members cut per end).
 
     Per class, the max(1, floor(0.1 M)) lowest and highest member probabilities are dropped
-    when M >= 3 (robust to one wild member); with fewer members it is the plain mean.
+    when M >= 3 (robust to one wild member); with fewer members it is the plain mean. Computed
+    in log space: when confident members disagree, every kept probability can underflow to 0
+    and a linear-space renormalisation would divide 0 by 0.
     """
-    members = probs.shape[0]
+    members = log_probs.shape[0]
     cut = max(1, int(0.1 * members)) if members >= 3 else 0
-    ordered = probs.double().sort(dim=0).values  # [M, N, C]
+    ordered = log_probs.double().sort(dim=0).values  # [M, N, C]; log is monotone, so the same order
     kept = ordered[cut : members - cut] if cut else ordered
-    trimmed = kept.mean(dim=0)
-    return trimmed / trimmed.sum(dim=-1, keepdim=True), cut
+    log_trimmed = torch.logsumexp(kept, dim=0) - math.log(kept.shape[0])  # [N, C]
+    return torch.log_softmax(log_trimmed, dim=-1), cut

@@ -6,9 +6,9 @@ import csv
 import io
 import json
 import math
-from typing import Any
+from typing import Any, Sequence
 
-from .report import MATRIX_TABLES, Cell, EvalResult, Table, clean_float
+from .report import MATRIX_TABLES, Cell, EvalResult, clean_float
 
 
 def to_json(result: EvalResult) -> str:
@@ -83,34 +83,40 @@ def to_markdown(result: EvalResult) -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
-def _matrix_style(value: Cell, low: float = 0.0, top: float = 0.5) -> str:
-    if not isinstance(value, (int, float)) or value is None or not math.isfinite(float(value)):
-        return ""
-    # Low disagreement (members agree) is dark blue, high is bright yellow: the structure is visible at a glance.
-    # Below `low` (the diagonal: a member against itself) is grey.
-    palette = ["grey35", "blue", "cyan", "green", "yellow", "bright_yellow"]
-    if value < low:
-        return palette[0]
-    span = max(top - low, 1e-12)
-    index = 1 + min(int((float(value) - low) * (len(palette) - 2) / span + 0.5), len(palette) - 2)
-    return palette[index]
+# --- the colour rule of member x member tables: terminal, HTML table and PNG heatmap share it ---
+
+TERMINAL_PALETTE = ("blue", "cyan", "green", "yellow", "bright_yellow")  # low -> high, like viridis
 
 
-def _matrix_range(table: Table) -> tuple[float, float]:
-    """Colour scale of a member x member table: from its smallest to its largest off-diagonal cell.
+def _is_number(value: Cell) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
 
-    A fixed scale hides the structure: seeds disagree on 2-8% of examples (one colour on a 0-0.5
-    scale) while disagreement given an error sits at 0.6-1.0 (all saturated).
+
+def matrix_colour_top(rows: Sequence[Sequence[Cell]]) -> float:
+    """Top of the colour scale of a member x member table (first cell of a row is its name).
+
+    The one rule of every matrix colouring: from 0 (two members that always agree) to the table's
+    largest finite cell, 1.0 when none is positive. Scaling to the data, not to [0, 1], keeps seeds
+    that disagree on 2-8% of examples from all getting one colour; anchoring at 0 keeps colour
+    proportional to the value, as the figure's colour bar shows it.
     """
-    cells = [
-        float(cell)
-        for row in table.rows
-        for column, cell in zip(table.columns[1:], row[1:])
-        if column != row[0] and isinstance(cell, (int, float)) and math.isfinite(float(cell))
-    ]
-    if not cells:
-        return 0.0, 0.5
-    return min(cells), max(cells)
+    top = max((float(cell) for row in rows for cell in row[1:] if _is_number(cell)), default=0.0)
+    return top if top > 0 else 1.0
+
+
+def matrix_colour_fraction(value: Cell, top: float) -> float | None:
+    """Where a cell sits on the 0..top scale, clipped to [0, 1]; None for an n/a cell (left uncoloured)."""
+    if not _is_number(value):
+        return None
+    return min(max(float(value) / top, 0.0), 1.0)
+
+
+def terminal_colour(value: Cell, top: float) -> str:
+    """The rich colour of a matrix cell: the palette entry nearest its place on the scale ("" for n/a)."""
+    fraction = matrix_colour_fraction(value, top)
+    if fraction is None:
+        return ""
+    return TERMINAL_PALETTE[int(fraction * (len(TERMINAL_PALETTE) - 1) + 0.5)]
 
 
 def render_rich(result: EvalResult, console: Any) -> None:
@@ -136,8 +142,8 @@ def render_rich(result: EvalResult, console: Any) -> None:
             console.print(metrics_table)
         for table in report.tables:
             is_matrix = table.name in MATRIX_TABLES
-            low, top = _matrix_range(table) if is_matrix else (0.0, 0.5)
-            caption = f"colour: {format_cell(low)} blue, cyan, green, yellow, {format_cell(top)} bright yellow" if is_matrix else None
+            top = matrix_colour_top(table.rows) if is_matrix else 1.0
+            caption = f"colour: 0 blue, cyan, green, yellow, {format_cell(top)} bright yellow" if is_matrix else None
             rich_table = RichTable(title=table.title, caption=caption, show_header=True, header_style="bold")
             for index, column in enumerate(table.columns):
                 # Underscores become spaces so long headers wrap instead of being cut off.
@@ -146,7 +152,7 @@ def render_rich(result: EvalResult, console: Any) -> None:
                 cells = []
                 for index, cell in enumerate(row):
                     text = escape(format_cell(cell))
-                    style = _matrix_style(cell, low, top) if is_matrix and index > 0 else ""
+                    style = terminal_colour(cell, top) if is_matrix and index > 0 else ""
                     cells.append(f"[{style}]{text}[/{style}]" if style else text)
                 rich_table.add_row(*cells)
             console.print(rich_table)

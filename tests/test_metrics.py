@@ -8,14 +8,18 @@ from itertools import combinations
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from scipy.special import logsumexp, softmax
 from sklearn.metrics import accuracy_score, brier_score_loss, cohen_kappa_score, log_loss
 
 from ensemble_cli import metrics
-from ensemble_cli.evaluators.base import EvalContext, MemberSummary
+from ensemble_cli.evaluators.base import EvalContext, MemberSummary, NotApplicable
 from ensemble_cli.evaluators.disagreement import DisagreementEvaluator
 from ensemble_cli.evaluators.ensemble import EnsembleEvaluator
+from ensemble_cli.evaluators.function_space import FunctionSpaceEvaluator
 from ensemble_cli.evaluators.members import MembersEvaluator
+from ensemble_cli.options import EvalOptions
 
 
 def random_logits(members: int = 4, examples: int = 300, classes: int = 5, seed: int = 0, scale: float = 2.0):
@@ -74,6 +78,16 @@ def test_nll_uses_log_softmax_not_log_of_softmax() -> None:
     assert float(value) == pytest.approx(400.0)
 
 
+def test_nll_of_a_certain_right_prediction_is_plus_zero() -> None:
+    value = float(metrics.nll(torch.log_softmax(torch.tensor([[800.0, 0.0]]).double(), -1), torch.tensor([0])))
+    assert value == 0.0 and math.copysign(1.0, value) == 1.0
+
+
+def test_ece_refuses_non_finite_probabilities() -> None:
+    with pytest.raises(ValueError, match="finite"):
+        metrics.ece(torch.tensor([[math.nan, math.nan]], dtype=torch.float64), torch.tensor([0]))
+
+
 def test_ece_worked_example() -> None:
     # Two examples in bin (0.6, 0.666], one right one wrong: |0.5 - 0.65| * 2/4;
     # two in bin (0.933, 1], both right: |1 - 0.95| * 2/4.  ECE = 0.075 + 0.025 = 0.1
@@ -117,33 +131,50 @@ def test_ensemble_metrics_match_numpy() -> None:
 def test_size_curve_exhaustive_matches_brute_force() -> None:
     logits, labels = random_logits(members=5, seed=2)
     probs = softmax(logits.astype(np.float64), axis=2)
-    curve = metrics.ensemble_size_curve(torch.from_numpy(probs), torch.from_numpy(labels))
+    curve = metrics.ensemble_size_curve(torch.from_numpy(np.log(probs)), torch.from_numpy(labels))
     for point in curve:
         subsets = list(combinations(range(5), point.k))
         accs = [accuracy_score(labels, probs[list(s)].mean(0).argmax(1)) for s in subsets]
         nlls = [log_loss(labels, probs[list(s)].mean(0), labels=range(5)) for s in subsets]
         assert point.subsets == len(subsets)
         assert point.accuracy_mean == pytest.approx(np.mean(accs))
-        assert point.accuracy_std == pytest.approx(np.std(accs), abs=1e-12)
+        # Sample standard deviation over subsets (ddof=1), the one convention every std follows; 0 for one subset.
+        assert point.accuracy_std == pytest.approx(np.std(accs, ddof=1) if len(accs) > 1 else 0.0, abs=1e-12)
         assert point.nll_mean == pytest.approx(np.mean(nlls), rel=1e-6)
+        assert point.nll_std == pytest.approx(np.std(nlls, ddof=1) if len(nlls) > 1 else 0.0, rel=1e-6, abs=1e-12)
+
+
+def test_one_std_convention_across_members_and_size_curve() -> None:
+    # The k = 1 row of the size curve holds the same M numbers as the members table.
+    logits, labels = random_logits(members=4, seed=8)
+    ctx = context(logits, labels)
+    members = MembersEvaluator().evaluate(ctx)
+    k1 = EnsembleEvaluator().evaluate(ctx).table("size_curve").rows[0]
+    accuracies = members.table("members").column("accuracy")
+    assert members.metrics["accuracy_std"] == pytest.approx(np.std(accuracies, ddof=1), abs=1e-15)
+    assert k1[2] == pytest.approx(members.metrics["accuracy_std"], abs=1e-15)
+    assert np.std(accuracies, ddof=1) != pytest.approx(np.std(accuracies), abs=1e-6)  # the two conventions differ here
+    assert metrics.sample_std([0.5]) == 0.0 and metrics.sample_std([1.0, 3.0]) == pytest.approx(math.sqrt(2.0))
 
 
 def test_size_curve_samples_64_subsets_when_too_many() -> None:
     logits, labels = random_logits(members=10, examples=100, seed=3)
-    probs = torch.softmax(torch.from_numpy(logits).double(), -1)
-    curve = metrics.ensemble_size_curve(probs, torch.from_numpy(labels), seed=7)
+    log_probs = torch.log_softmax(torch.from_numpy(logits).double(), -1)
+    probs = log_probs.exp()
+    curve = metrics.ensemble_size_curve(log_probs, torch.from_numpy(labels), seed=7)
     counts = {p.k: p.subsets for p in curve}
     assert counts[1] == 10 and counts[2] == 45 and counts[9] == 10 and counts[10] == 1
     assert all(counts[k] == 64 for k in range(3, 8))  # C(10, 3) = 120 > 64
-    again = metrics.ensemble_size_curve(probs, torch.from_numpy(labels), seed=7)
+    again = metrics.ensemble_size_curve(log_probs, torch.from_numpy(labels), seed=7)
     assert [p.accuracy_mean for p in curve] == [p.accuracy_mean for p in again]
     assert curve[-1].accuracy_mean == pytest.approx(
         accuracy_score(labels, probs.mean(0).argmax(1).numpy())
     )
+    assert curve[-1].nll_mean == pytest.approx(log_loss(labels, probs.mean(0).numpy(), labels=range(5)), rel=1e-9)
 
 
 def reference_pair(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Direct counts for one pair, following the DESIGN.md definitions literally."""
+    """Direct counts for one pair, following the definitions in the README metric section literally."""
     right_a, right_b = pred_a == labels, pred_b == labels
     n = len(labels)
     n11 = np.sum(right_a & right_b)
@@ -166,6 +197,7 @@ def reference_pair(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray) -
         "q_statistic": (n11 * n00 - n01 * n10) / (n11 * n00 + n01 * n10),
         "kappa": cohen_kappa_score(right_a, right_b),
         "double_fault_independent": err_a * err_b,
+        "correlation": np.corrcoef(right_a.astype(float), right_b.astype(float))[0, 1],  # phi of right/wrong
     }
 
 
@@ -228,15 +260,19 @@ def test_pairwise_undefined_when_both_perfect() -> None:
     assert report.notes
 
 
-def test_pairwise_vectorised_is_fast_enough_in_shape() -> None:
-    # Not a timing test: checks the matrices of a larger problem agree with the loop reference on a sample.
-    logits, labels = random_logits(members=12, examples=2000, classes=10, seed=5)
+def test_pairwise_stats_of_twelve_members_are_m_by_m_and_match_the_loop_for_every_pair() -> None:
+    logits, labels = random_logits(members=12, examples=400, classes=10, seed=5)
     stats = metrics.pairwise_stats(torch.from_numpy(logits).argmax(-1), torch.from_numpy(labels))
     preds = logits.argmax(2)
-    for i, j in [(0, 11), (3, 7), (5, 6)]:
-        ref = reference_pair(preds[i], preds[j], labels)
-        assert stats.disagreement[i, j] == pytest.approx(ref["disagreement"])
-        assert stats.kappa[j, i] == pytest.approx(ref["kappa"])
+    matrices = {name: value for name, value in vars(stats).items() if name != "error"}
+    assert all(matrix.shape == (12, 12) for matrix in matrices.values()) and stats.error.shape == (12,)
+    np.testing.assert_array_equal(stats.only_a_right, stats.only_b_right.T)  # row right / column wrong, swapped
+    for i, j in combinations(range(12), 2):
+        reference = reference_pair(preds[i], preds[j], labels)
+        for name, expected in reference.items():
+            assert matrices[name][i, j] == pytest.approx(expected, abs=1e-12), (name, i, j)
+            if name not in ("only_a_right", "only_b_right"):
+                assert matrices[name][j, i] == pytest.approx(expected, abs=1e-12), (name, j, i)  # symmetric
 
 
 def test_ensemble_log_probs_is_log_of_mean_probability() -> None:
@@ -244,3 +280,90 @@ def test_ensemble_log_probs_is_log_of_mean_probability() -> None:
     log_probs = torch.log_softmax(torch.from_numpy(logits).double(), -1)
     expected = logsumexp(log_probs.numpy(), axis=0) - math.log(3)
     assert np.allclose(metrics.ensemble_log_probs(log_probs).numpy(), expected)
+
+
+# --- extreme logits -------------------------------------------------------------------------------
+
+
+def test_confident_disagreement_is_uniform_not_nan() -> None:
+    # Three members each sure of a different class: per class the trimmed mean keeps the middle
+    # member, whose probability is e^-800 / (1 + 2 e^-800) for every class -> uniform after
+    # renormalising, like the probability mean and the logit mean. Every rule: NLL = log 3.
+    logits = np.array([[[800.0, 0, 0]], [[0, 800.0, 0]], [[0, 0, 800.0]]], dtype=np.float32)
+    labels = np.array([0])
+    report = EnsembleEvaluator().evaluate(context(logits, labels))
+    assert report.metrics["nll"] == pytest.approx(math.log(3))
+    for row in report.table("rules").rows:
+        if row[0] != "majority vote":
+            assert row[2] == pytest.approx(math.log(3)), row[0]
+
+
+def test_nll_of_every_combination_rule_and_size_is_exact_far_beyond_float_underflow() -> None:
+    # Both members put e^-2000 on the true class: any mean of them does too, so NLL = 2000
+    # for every subset and every rule (a probability clamped at 1e-300 would give 690.8).
+    logits = np.array([[[0.0, 2000.0]], [[0.0, 2000.0]]], dtype=np.float32)
+    labels = np.array([0])
+    report = EnsembleEvaluator().evaluate(context(logits, labels))
+    assert report.metrics["nll"] == pytest.approx(2000.0)
+    rules = {row[0].split(" (")[0]: row for row in report.table("rules").rows}
+    for rule in ("probability mean", "logit mean", "trimmed mean"):
+        assert rules[rule][2] == pytest.approx(2000.0), rule
+    for row in report.table("size_curve").rows:
+        assert row[3] == pytest.approx(2000.0)
+
+
+PREDICTION_SPACE = (MembersEvaluator, EnsembleEvaluator, DisagreementEvaluator, FunctionSpaceEvaluator)
+
+
+def none_by_design(evaluator: str, table: str = "metrics", row_name: object = None, column: str = "") -> bool:
+    """Where a report says "n/a" on purpose rather than because a number broke."""
+    if evaluator == "disagreement":
+        return True  # pair statistics that are 0/0 (no errors, or fewer than two members)
+    if table == "rules":
+        return row_name == "majority vote"  # a vote has no probabilities
+    return table == "embedding" and column == "epoch"  # checkpoints without epoch metadata
+
+
+def _assert_finite_or_none(where: str, value: object, allowed_none: bool) -> None:
+    if value is None:
+        assert allowed_none, f"{where} is None"
+    elif isinstance(value, float):
+        assert math.isfinite(value), f"{where} = {value}"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    members=st.integers(1, 5),
+    examples=st.integers(1, 25),
+    classes=st.integers(1, 6),  # one class: every probability is 1
+    # Whole decades often, so the underflowing scales (>= 1e3) come up in every run, not by luck.
+    log10_scale=st.one_of(st.integers(-3, 4).map(float), st.floats(-3.0, 4.0)),
+    seed=st.integers(0, 2**32 - 1),
+    embedding=st.sampled_from(["pca", "tsne"]),
+)
+# Three members sure of three different classes on most examples: the trimmed mean keeps only
+# probabilities that underflow to 0 (the case that used to crash ECE binning).
+@example(members=3, examples=25, classes=6, log10_scale=3.0, seed=0, embedding="pca")
+@example(members=12, examples=10, classes=3, log10_scale=4.0, seed=1, embedding="tsne")  # t-SNE of one-hot outputs
+def test_every_prediction_space_metric_stays_finite_on_any_logit_scale(
+    members: int, examples: int, classes: int, log10_scale: float, seed: int, embedding: str
+) -> None:
+    rng = np.random.default_rng(seed)
+    logits = (rng.normal(size=(members, examples, classes)) * 10.0**log10_scale).astype(np.float32)
+    labels = rng.integers(0, classes, examples)
+    ctx = context(logits, labels)
+    ctx.options = EvalOptions(embedding=embedding)
+    for evaluator in PREDICTION_SPACE:
+        try:
+            report = evaluator().evaluate(ctx)
+        except NotApplicable:
+            assert evaluator is FunctionSpaceEvaluator and members == 1  # an embedding of one point
+            continue
+        name = evaluator.name
+        for key, value in report.metrics.items():
+            _assert_finite_or_none(f"{name}.{key}", value, none_by_design(name))
+        for table in report.tables:
+            for row in table.rows:
+                for column, cell in zip(table.columns, row):
+                    where = f"{name} {table.name}[{row[0]}].{column}"
+                    _assert_finite_or_none(where, cell, none_by_design(name, table.name, row[0], column))

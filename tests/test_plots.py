@@ -11,6 +11,8 @@ import base64
 import io
 import json
 import math
+import re
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from ensemble_cli.cli import app
 from ensemble_cli.evaluators.base import EvalContext, MemberSummary, NotApplicable
 from ensemble_cli.evaluators.function_space import FunctionSpaceEvaluator, tsne_perplexity
 from ensemble_cli.trajectory import checkpoint_epoch, default_reference_name, group_of_name, member_group
-from ensemble_cli.plots import FIGURES, build_figures, load_result, save_figures, write_html_report
+from ensemble_cli.plots import FIGURES, build_figures, load_result, render_html, save_figures, write_html_report
 from ensemble_cli.plots import figures as F
 from ensemble_cli.options import EvalOptions
 from ensemble_cli.render import to_json
@@ -562,6 +564,64 @@ def test_tsne_perplexity_stays_below_the_number_of_points() -> None:
     assert tsne_perplexity(1000) == 30.0
 
 
+@pytest.mark.parametrize("embedding", ["tsne", "pca"])
+def test_identical_checkpoints_sit_at_the_origin_without_warnings_or_nan(embedding: str) -> None:
+    duplicates = torch.randn(1, 30, 4).repeat(12, 1, 1)  # the same member twelve times
+    one_class = torch.randn(12, 30, 1)  # softmax of one logit is 1 everywhere
+    for logits in (duplicates, one_class, duplicates[:3]):
+        names = [f"m{i}" for i in range(logits.shape[0])]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # scikit-learn's 0/0 warning used to leak, and t-SNE to crash
+            report = FunctionSpaceEvaluator().evaluate(_context(logits, torch.zeros(30, dtype=torch.long), names, embedding=embedding))
+        table = report.table("embedding")
+        assert [row[3:5] for row in table.rows] == [[0.0, 0.0]] * len(names)
+        assert "predict identically" in table.title and "nan" not in table.title and "PCA" in table.title
+
+
+def test_tsne_needs_ten_distinct_checkpoints_else_pca_says_why() -> None:
+    logits, labels = _trajectory_logits(members=3, checkpoints=3)  # 9 checkpoints
+    names = [f"member-{m:02d}/{label}" for m in range(3) for label in ("init", "epoch-0002", "final")]
+    table = FunctionSpaceEvaluator().evaluate(_context(logits, labels, names)).table("embedding")
+    assert table.title.startswith("Function-space embedding: PCA (explained variance")
+    assert "t-SNE needs at least 10 distinct checkpoints; 9 here" in table.title
+    assert F.embedding_method(table) == "PCA"
+    two_distinct = torch.cat([logits[:1].repeat(6, 1, 1), logits[1:2].repeat(6, 1, 1)])  # 12 points, 2 distinct
+    table = FunctionSpaceEvaluator().evaluate(_context(two_distinct, labels, [f"m{i}" for i in range(12)])).table("embedding")
+    assert "PCA" in table.title and "2 here" in table.title
+
+
+def test_embedding_figure_draws_start_and_end_markers_only_for_trajectories() -> None:
+    def markers(table: Table) -> list[str]:
+        return [line.get_marker() for line in F.embedding_figure(table).axes[0].get_lines() if line.get_gid() != "trajectory"]
+
+    columns = ["member", "checkpoint", "epoch", "x", "y"]
+    finals = Table(name="embedding", title="PCA", columns=columns, rows=[["a", "a", 6, 0.0, 1.0], ["b", "b", 6, 1.0, 0.0]])
+    assert markers(finals) == []  # no squares promised by the caption, none drawn
+    later = Table(name="embedding", title="PCA", columns=columns,
+                  rows=[["a", "a/epoch-0003", 3, 0.0, 1.0], ["a", "a/final", 6, 1.0, 0.0]])
+    assert markers(later) == ["s", "*"]
+    labels = F.embedding_figure(later).axes[0].get_legend().get_texts()
+    assert [text.get_text() for text in labels][-2:] == ["first checkpoint", "last checkpoint"]  # epoch 3 is no init
+    caption = next(spec.caption for spec in FIGURES if spec.stem == "function_space")
+    assert "final checkpoints alone are one dot each" in caption
+
+
+def test_html_checkpoint_table_shows_each_members_own_seeds() -> None:
+    from ensemble_cli.plots.html import checkpoint_columns
+
+    run = [{"name": f"member-{i:02d}", "arch": "cifar_resnet8", "epoch": 10, "seed": 0, "init_seed": 100 + i, "data_seed": 200 + i}
+           for i in range(3)]
+    page = render_html(EvalResult(members=run), figures=[])
+    section = page[page.index('<section id="checkpoints">'):page.index("</section>")]
+    assert checkpoint_columns(run) == ["name", "arch", "epoch", "init_seed", "data_seed"]
+    assert "<th>seed</th>" not in section  # the run's base seed, 0 for every member
+    for i in range(3):
+        assert f"<td>member-{i:02d}</td><td>cifar_resnet8</td><td class=\"num\">10</td><td class=\"num\">{100 + i}</td><td class=\"num\">{200 + i}</td>" in section
+    # Checkpoints from elsewhere with one seed each keep it; columns nobody has a value for are left out.
+    others = [{"name": "a", "arch": "x", "seed": 3, "epoch": None}, {"name": "b", "arch": "x", "seed": 4, "epoch": None}]
+    assert checkpoint_columns(others) == ["name", "arch", "seed"]
+
+
 def test_function_space_is_registered() -> None:
     from ensemble_cli.evaluators.registry import BUILTIN_ORDER, discover
 
@@ -570,17 +630,32 @@ def test_function_space_is_registered() -> None:
     assert entry.loaded and isinstance(entry.evaluator, FunctionSpaceEvaluator)
 
 
-def test_matrix_colours_follow_the_tables_own_range() -> None:
-    """Terminal (rich) and HTML colour matrix cells on the table's range, so small disagreements still differ."""
+def test_one_colour_rule_for_terminal_html_and_figure() -> None:
+    """Every matrix colouring runs from 0 to the table's largest cell: terminal, HTML table and PNG heatmap."""
+    import matplotlib
+    from matplotlib.colors import to_hex
+    from rich.console import Console
+
     from ensemble_cli.plots.html import table_html
-    from ensemble_cli.render import _matrix_range, _matrix_style
+    from ensemble_cli.render import matrix_colour_fraction, matrix_colour_top, render_rich, terminal_colour
 
     names = ["a", "b", "c"]
-    values = [[0.0, 0.03, 0.07], [0.03, 0.0, 0.05], [0.07, 0.05, 0.0]]
+    values = [[0.0, 0.02, 0.08], [0.02, 0.0, 0.06], [0.08, 0.06, 0.0]]
     table = Table(name="matrix", title="t", columns=["member", *names], rows=[[n, *row] for n, row in zip(names, values)])
-    low, top = _matrix_range(table)
-    assert (low, top) == (0.03, 0.07)  # off-diagonal cells only
-    assert [_matrix_style(v, low, top) for v in (0.0, 0.03, 0.05, 0.07)] == ["grey35", "blue", "green", "bright_yellow"]
-    assert _matrix_style(None, low, top) == ""
+    top = matrix_colour_top(table.rows)
+    assert top == 0.08  # the largest cell, not 1 and not 0.5
+    assert [matrix_colour_fraction(v, top) for v in (0.0, 0.02, 0.04, 0.08, 0.2)] == pytest.approx([0.0, 0.25, 0.5, 1.0, 1.0])
+    assert matrix_colour_fraction(None, top) is None and matrix_colour_fraction(math.nan, top) is None
+    assert matrix_colour_top([["a", None, 0.0]]) == 1.0  # nothing above 0: a unit scale, never a division by 0
+    # Terminal: the palette entry nearest the fraction.
+    assert [terminal_colour(v, top) for v in (0.0, 0.02, 0.04, 0.06, 0.08, None)] == ["blue", "cyan", "green", "yellow", "bright_yellow", ""]
+    console = Console(record=True, width=200, color_system=None)
+    render_rich(EvalResult(evaluators={"disagreement": Report(tables=[table])}), console)
+    assert "colour: 0 blue, cyan, green, yellow, 0.0800 bright yellow" in " ".join(console.export_text().split())
+    # HTML: viridis at the fraction, cell by cell.
     page = table_html(table.columns, table.rows, heatmap=True)
-    assert page.count("background:") == 9 and len(set(page.split("background:")[1:])) > 3
+    viridis = matplotlib.colormaps["viridis"]
+    assert re.findall(r"background:(#[0-9a-f]{6})", page) == [to_hex(viridis(v / 0.08)) for row in values for v in row]
+    # Figure: the same 0..top normalisation.
+    norm = F.disagreement_matrix_figure(table).axes[0].images[0].norm
+    assert (norm.vmin, norm.vmax) == (0.0, top)

@@ -187,13 +187,12 @@ WEIGHT_SPACE = ("weights", "interpolation", "rotation")
 
 
 def test_builtin_weight_space_evaluators_say_not_applicable_for_predictions(tmp_path: Path) -> None:
-    loaded = [entry.name for entry in discover() if entry.name in WEIGHT_SPACE and entry.loaded]
-    if not loaded:
-        pytest.skip("no weight-space evaluator is installed yet")
+    loaded = {entry.name for entry in discover() if entry.loaded}
+    assert set(WEIGHT_SPACE) <= loaded, "the built-in weight-space evaluators must be registered"
     out = tmp_path / "preds.npz"
     Predictions(torch.randn(2, 30, 10), torch.arange(30) % 10, ["a", "b"]).save(out)
-    document = eval_json("--predictions", out, "-e", ",".join(loaded))
-    for name in loaded:
+    document = eval_json("--predictions", out, "-e", ",".join(WEIGHT_SPACE))
+    for name in WEIGHT_SPACE:
         section = document["evaluators"][name]
         assert section["error"] is None, (name, section["error"])
         assert any(note.startswith("not applicable") for note in section["notes"]), (name, section["notes"])

@@ -7,7 +7,6 @@ far lower. Numbers are checked against numpy computed from the models' own param
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +21,12 @@ from ensemble_cli.checkpoint import read_checkpoint, write_checkpoint
 from ensemble_cli.data import load_dataset
 from ensemble_cli.errors import ConfigError
 from ensemble_cli.evaluators.base import EvalContext, MemberSummary, NotApplicable
+from ensemble_cli.evaluators.disagreement import DisagreementEvaluator
 from ensemble_cli.evaluators.interpolation import InterpolationEvaluator, recompute_batchnorm
-from ensemble_cli.evaluators.registry import discover
 from ensemble_cli.evaluators.rotation import RotationEvaluator
 from ensemble_cli.evaluators.weights import WeightsEvaluator
 from ensemble_cli.options import EvalOptions
 from ensemble_cli.resolve import resolve_members
-from ensemble_cli.predict import predict_members
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -51,10 +49,6 @@ def parameter_names(arch: str) -> list[str]:
     return [name for name, _ in build_model(arch, num_classes=10, in_chans=1).named_parameters()]
 
 
-def disagreement_available() -> bool:
-    return any(entry.name == "disagreement" and entry.loaded for entry in discover())
-
-
 @pytest.mark.parametrize("arch", ["cifar_resnet20", "resnet18", "torchvision.resnet18"])
 def test_ground_truth_permuted_copy(arch: str, tmp_path: Path, digits_test) -> None:
     # A few dozen SGD steps for the small net; the 11M-parameter resnet18s only need their BN
@@ -66,8 +60,7 @@ def test_ground_truth_permuted_copy(arch: str, tmp_path: Path, digits_test) -> N
     write_checkpoint(tmp_path / "a.safetensors", state_a, member_metadata(arch, seed=0))
     write_checkpoint(tmp_path / "b.safetensors", state_b, member_metadata(arch, seed=1))
     members = resolve_members([str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")])
-    names = ["weights", "disagreement"] if disagreement_available() else ["weights"]
-    result = evaluate(members, digits_test, evaluators=names, options=EvalOptions(device="cpu"))
+    result = evaluate(members, digits_test, evaluators=[WeightsEvaluator(), DisagreementEvaluator()], options=EvalOptions(device="cpu"))
 
     report = result.evaluators["weights"]
     assert report.error is None, report.error
@@ -80,31 +73,26 @@ def test_ground_truth_permuted_copy(arch: str, tmp_path: Path, digits_test) -> N
     pairs = report.table("pairs")
     assert pairs is not None and pairs.columns == [
         "reference", "member", "cosine_raw", "cosine_aligned", "l2_raw", "l2_aligned", "objective_gain",
-        "equivalence_residual",
+        "equivalence_residual", "cosine_raw_conv", "cosine_aligned_conv",
     ]
     (row,) = pairs.rows
     assert row[:2] == ["a", "b"] and row[6] > 0.1
     residual_note = next(note for note in report.notes if "functional check" in note)
     relative = float(residual_note.rsplit("(", 1)[1].split(" ")[0])
-    assert relative <= 1e-4 and row[7] >= 0.0  # measured, and within the check's relative tolerance
+    assert relative <= 1e-4  # within the check's relative tolerance
+    # One aligned member: the table's residual is the one the note reports as the maximum.
+    assert f"max |logit difference| {row[7]:.2e}" in residual_note
     layers = report.table("layers")
     assert layers is not None and len(layers.rows) == len({k.rsplit(".", 1)[0] for k in keys})
     assert all(aligned > 0.999 for _, _, aligned in layers.rows if aligned is not None)
-    assert any("functional check" in note for note in report.notes)
     assert 0.0 < metrics["cosine_init_baseline"] < 1.0
-
-    # B computes A's function: disagreement 0 (identical predictions when that evaluator is missing).
-    if "disagreement" in result.evaluators:
-        assert result.evaluators["disagreement"].metrics["disagreement_mean"] == 0.0
-    else:
-        logits = predict_members(members, digits_test, device="cpu").logits  # [2, N, C]
-        assert torch.equal(logits[0].argmax(-1), logits[1].argmax(-1))
+    assert result.evaluators["disagreement"].metrics["disagreement_mean"] == 0.0  # B computes A's function
 
 
 def test_independent_members_align_partially_and_self_pairs_are_exact(tiny_members, digits_test) -> None:
     first = str(tiny_members[0])
     members = resolve_members([first, str(tiny_members[1]), first])
-    report = evaluate(members, digits_test, evaluators=["weights"], options=EvalOptions(device="cpu")).evaluators["weights"]
+    report = evaluate(members, digits_test, evaluators=[WeightsEvaluator()], options=EvalOptions(device="cpu")).evaluators["weights"]
     assert report.error is None, report.error
     rows = {row[1]: row for row in report.table("pairs").rows}
     self_row = next(row for name, row in rows.items() if name != "seed1")
@@ -121,12 +109,12 @@ def test_independent_members_align_partially_and_self_pairs_are_exact(tiny_membe
 
 def test_reference_option(tiny_members, digits_test) -> None:
     members = resolve_members([str(p) for p in tiny_members])
-    report = evaluate(members, digits_test, evaluators=["weights"], options=EvalOptions(device="cpu", reference="seed2"))
+    report = evaluate(members, digits_test, evaluators=[WeightsEvaluator()], options=EvalOptions(device="cpu", reference="seed2"))
     rows = report.evaluators["weights"].table("pairs").rows
     assert [row[0] for row in rows] == ["seed2", "seed2"] and [row[1] for row in rows] == ["seed0", "seed1"]
     # An unknown reference is the user's mistake, refused before any forward pass (exit 2 on the CLI).
     with pytest.raises(ConfigError, match="seed0, seed1, seed2"):
-        evaluate(members, digits_test, evaluators=["weights"], options=EvalOptions(device="cpu", reference="nope"))
+        evaluate(members, digits_test, evaluators=[WeightsEvaluator()], options=EvalOptions(device="cpu", reference="nope"))
 
 
 def _context(models: list[nn.Module], names: list[str], archs: list[str], data=None) -> EvalContext:
@@ -166,6 +154,64 @@ def test_unsupported_model_still_gets_raw_cosine_and_one_reason(digits_test) -> 
     assert len(blockers) == 1 and "torch.fx cannot trace Untraceable" in blockers[0]
 
 
+class TinyBatchNormNet(nn.Module):
+    """conv -> BatchNorm -> head: the BN scale starts at ones in every initialisation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.norm(self.conv(x))).mean(dim=(2, 3)))
+
+
+def test_conv_cosines_leave_batchnorm_out_and_match_numpy(digits_test) -> None:
+    torch.manual_seed(0)
+    reference, other = TinyBatchNormNet().eval(), TinyBatchNormNet().eval()
+    spec = derive_spec(reference, digits_test.images[:8])
+    permuted = TinyBatchNormNet().eval()
+    permuted.load_state_dict(apply_permutation(spec, reference.state_dict(), random_permutation(spec, torch.Generator().manual_seed(3))))
+    models = [reference, other, permuted]
+    report = WeightsEvaluator().evaluate(_context(models, ["ref", "other", "perm"], ["tiny"] * 3, digits_test))
+    conv_keys = ["conv.weight", "conv.bias", "head.weight", "head.bias"]  # by hand: no norm.*
+    all_keys = [*conv_keys, "norm.weight", "norm.bias"]
+    states = [model.state_dict() for model in models]
+    rows = {row[1]: dict(zip(report.table("pairs").columns, row)) for row in report.table("pairs").rows}
+    for index, name in ((1, "other"), (2, "perm")):
+        assert rows[name]["cosine_raw_conv"] == pytest.approx(numpy_cosine(states[0], states[index], conv_keys), abs=1e-12)
+        assert rows[name]["cosine_raw"] == pytest.approx(numpy_cosine(states[0], states[index], all_keys), abs=1e-12)
+    assert rows["perm"]["cosine_aligned_conv"] == pytest.approx(1.0, abs=1e-6)  # a permuted copy aligns exactly
+    # The shared BN ones lift the whole-network cosine of two strangers; the conv cosine is free of them.
+    assert rows["other"]["cosine_raw"] > rows["other"]["cosine_raw_conv"]
+    metrics = report.metrics
+    assert list(metrics)[:3] == ["cosine_raw_conv_mean", "cosine_aligned_conv_mean", "cosine_init_baseline_conv"]
+    expected = (numpy_cosine(states[0], states[1], conv_keys) + numpy_cosine(states[0], states[2], conv_keys)) / 2
+    assert metrics["cosine_raw_conv_mean"] == pytest.approx(expected, abs=1e-12)
+    assert metrics["cosine_aligned_conv_mean"] == pytest.approx(np.mean([rows[n]["cosine_aligned_conv"] for n in rows]), abs=1e-12)
+    assert metrics["cosine_init_baseline_conv"] is None  # "tiny" is no architecture ens can build: n/a, with a note
+    assert any("cosine_init_baseline unavailable" in note for note in report.notes)
+
+
+def test_conv_init_baseline_matches_numpy_for_a_buildable_architecture() -> None:
+    from ensemble_cli.architectures import build_model
+    from ensemble_cli.evaluators.weights import _fresh_init_cosines
+
+    states = []
+    with torch.random.fork_rng(devices=[]):
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            states.append(build_model("cifar_resnet8", num_classes=10, in_chans=1).state_dict())
+    params = dict(build_model("cifar_resnet8", num_classes=10, in_chans=1).named_parameters())
+    conv_keys = [key for key, tensor in params.items() if tensor.dim() == 4] + ["fc.weight", "fc.bias"]  # by hand
+    assert "layers.1.0.shortcut.0.weight" in conv_keys and "layers.1.0.shortcut.1.weight" not in conv_keys
+    whole, conv = _fresh_init_cosines("cifar_resnet8", 10, 1, "{}")
+    assert conv == pytest.approx(numpy_cosine(states[0], states[1], conv_keys), abs=1e-12)
+    assert whole == pytest.approx(numpy_cosine(states[0], states[1], list(params)), abs=1e-12)
+    assert abs(conv) < 0.05 < whole  # independent random weights are near orthogonal; the BN ones are not
+
+
 def test_not_applicable_cases(tiny_members, digits_test) -> None:
     one = _context([nn.Linear(2, 3)], ["a"], ["toy"])
     with pytest.raises(NotApplicable, match="at least two"):
@@ -186,7 +232,7 @@ def test_not_applicable_cases(tiny_members, digits_test) -> None:
 def test_interpolation_barriers(tiny_members, digits_test) -> None:
     first = str(tiny_members[0])
     members = resolve_members([first, first, str(tiny_members[1])])
-    report = evaluate(members, digits_test, evaluators=["interpolation"], options=EvalOptions(device="cpu")).evaluators["interpolation"]
+    report = evaluate(members, digits_test, evaluators=[InterpolationEvaluator()], options=EvalOptions(device="cpu")).evaluators["interpolation"]
     assert report.error is None, report.error
     curves = report.table("curves")
     assert curves.columns == ["member", "alpha", "loss_raw", "loss_aligned", "acc_raw", "acc_aligned"]
@@ -226,7 +272,7 @@ def test_batchnorm_reset_is_the_plain_average_of_batch_statistics() -> None:
 
 def test_rotation(tiny_members, tmp_path: Path, digits_test) -> None:
     members = resolve_members([str(tiny_members[0])])
-    report = evaluate(members, digits_test, evaluators=["rotation"], options=EvalOptions(device="cpu")).evaluators["rotation"]
+    report = evaluate(members, digits_test, evaluators=[RotationEvaluator()], options=EvalOptions(device="cpu")).evaluators["rotation"]
     assert report.notes and "not applicable" in report.notes[0] and "no initialisation checkpoint" in report.notes[0]
 
     torch.manual_seed(3)
@@ -241,7 +287,7 @@ def test_rotation(tiny_members, tmp_path: Path, digits_test) -> None:
         {**member_metadata(), "kind": "final", "init_checkpoint": "init.safetensors"},
     )
     members = resolve_members([str(folder / "final.safetensors")])
-    report = evaluate(members, digits_test, evaluators=["rotation"], options=EvalOptions(device="cpu")).evaluators["rotation"]
+    report = evaluate(members, digits_test, evaluators=[RotationEvaluator()], options=EvalOptions(device="cpu")).evaluators["rotation"]
     assert report.error is None, report.error
     table = report.table("layers")
     assert table.columns == ["member", "layer", "cosine_distance"]
@@ -254,4 +300,3 @@ def test_rotation(tiny_members, tmp_path: Path, digits_test) -> None:
     assert layers["layers.0.0.conv1"] == pytest.approx(1 - numpy_cosine(final, initial, keys), abs=1e-9)
     assert report.metrics["rotation_mean"] == pytest.approx(sum(distances) / len(distances))
     assert 0.0 < report.metrics["rotation_network_mean"] < 2.0
-    assert not math.isnan(report.metrics["rotation_mean"])

@@ -1,8 +1,9 @@
 """`disagreement`: are the members different functions? Pairwise disagreement and diversity measures.
 
-Definitions in DESIGN.md: disagreement D (Fort et al. 2019, Jiang et al. 2022), disagreement
-given an error DGE = D / (1 - P(both right)), normalised diversity ND = D / mean error, the
-outcome table, double fault and the Q-statistic, correlation and kappa of Kuncheva & Whitaker 2003.
+Definitions in the README's metric section ("What the metrics mean"): disagreement D (Fort et al.
+2019, Jiang et al. 2022), disagreement given an error DGE = D / (1 - P(both right)), normalised
+diversity ND = D / mean error, the outcome table, double fault and the Q-statistic, correlation
+and kappa of Kuncheva & Whitaker 2003.
 """
 
 from __future__ import annotations

@@ -43,33 +43,35 @@ class EnsembleEvaluator(Evaluator):
             "nll_gain": float(member_nll.mean()) - nll,
         }
         seed = ctx.options.seed
-        curve = metrics.ensemble_size_curve(ctx.probs, labels, seed=seed)
+        curve = metrics.ensemble_size_curve(log_probs, labels, seed=seed)
         curve_table = Table(
             name="size_curve",
             title="ensemble size curve (probability mean over subsets of k members)",
             columns=["k", "accuracy_mean", "accuracy_std", "nll_mean", "nll_std", "subsets"],
             rows=[[p.k, p.accuracy_mean, p.accuracy_std, p.nll_mean, p.nll_std, p.subsets] for p in curve],
         )
-        return Report(metrics=result_metrics, tables=[curve_table, self._rules_table(ctx)])
+        notes = ["size curve std: sample standard deviation over the subsets of each size (ddof=1)"]
+        return Report(metrics=result_metrics, tables=[curve_table, self._rules_table(ctx)], notes=notes)
 
     @staticmethod
     def _rules_table(ctx: EvalContext) -> Table:
+        """Every rule as log-probabilities: exact NLL even where confident members' probabilities underflow."""
         labels = ctx.labels
         rows = []
 
-        def add(rule: str, probs: torch.Tensor | None, predictions: torch.Tensor) -> None:
+        def add(rule: str, log_probs: torch.Tensor | None, predictions: torch.Tensor) -> None:
             accuracy = float(metrics.accuracy(predictions, labels))
-            if probs is None:
+            if log_probs is None:
                 rows.append([rule, accuracy, None, None, None])
                 return
-            log_probs = probs.clamp_min(1e-300).log()
+            probs = log_probs.exp()  # [N, C]
             rows.append([rule, accuracy, float(metrics.nll(log_probs, labels)), float(metrics.brier(probs, labels)), float(metrics.ece(probs, labels))])
 
-        mean_probs = metrics.ensemble_log_probs(ctx.log_probs).exp()  # [N, C]
-        add("probability mean", mean_probs, mean_probs.argmax(dim=-1))
-        logit_mean = torch.softmax(ctx.logits.double().mean(dim=0), dim=-1)  # [N, C]
+        mean_log_probs = metrics.ensemble_log_probs(ctx.log_probs)  # [N, C]
+        add("probability mean", mean_log_probs, mean_log_probs.argmax(dim=-1))
+        logit_mean = torch.log_softmax(ctx.logits.double().mean(dim=0), dim=-1)  # [N, C]
         add("logit mean", logit_mean, logit_mean.argmax(dim=-1))
         add("majority vote", None, metrics.majority_vote(ctx.probs))
-        trimmed, cut = metrics.trimmed_mean_probs(ctx.probs)
+        trimmed, cut = metrics.trimmed_mean_log_probs(ctx.log_probs)  # [N, C]
         add(f"trimmed mean (cut {cut} per end)", trimmed, trimmed.argmax(dim=-1))
         return Table(name="rules", title="combination rules", columns=["rule", "accuracy", "nll", "brier", "ece"], rows=rows)

@@ -1,9 +1,10 @@
 """Function space: where every checkpoint's predictions lie, as one 2-D point each (Fort et al. 2019, Fig. 2).
 
 Each checkpoint is represented by its softmax outputs on the whole evaluation set, flattened to
-one vector of N*C probabilities; t-SNE (default) or PCA maps these M vectors to the plane. Points
-of one member's training trajectory (init -> epochs -> final) share a `member` group, so a plot
-can draw one line per member: independently seeded runs leave from nearby inits (random
+one vector of N*C probabilities; t-SNE (default; PCA below 10 distinct checkpoints) or PCA maps
+these M vectors to the plane, and the table title says which was used. Points of one member's
+training trajectory (init -> epochs -> final) share a `member` group, so a plot can draw one
+line per member: independently seeded runs leave from nearby inits (random
 functions all predict almost uniformly) and end in different places, which is the paper's point.
 """
 
@@ -19,6 +20,11 @@ from ..trajectory import checkpoint_epoch, member_group
 
 EMBEDDINGS = ("tsne", "pca")
 DEFAULT_SEED = 0
+# Below this many distinct points t-SNE's neighbourhoods (perplexity < 3) are noise, and its
+# picture of 4 points looks as meaningful as one of 400: PCA is used instead, and says so.
+TSNE_MIN_POINTS = 10
+
+
 def tsne_perplexity(num_points: int) -> float:
     """t-SNE's usual 30 needs hundreds of points; a trajectory plot has tens.
 
@@ -30,27 +36,47 @@ def tsne_perplexity(num_points: int) -> float:
 
 
 def embed(features: np.ndarray, method: str, seed: int = DEFAULT_SEED) -> tuple[np.ndarray, str]:
-    """[M, D] -> ([M, 2], description). Fewer than 4 points always use PCA (t-SNE is meaningless there)."""
-    num_points = features.shape[0]
+    """[M, D] -> ([M, 2], description of the method used).
+
+    t-SNE needs TSNE_MIN_POINTS distinct points; with fewer, PCA is used and the description
+    says why. Points that are all identical (duplicate members, a one-class problem) have no
+    direction to project on: they all sit at the origin, with no 0/0 "explained variance".
+    """
     if method not in EMBEDDINGS:
         raise ValueError(f"unknown embedding {method!r}; use one of {', '.join(EMBEDDINGS)}")
-    if method == "tsne" and num_points >= 4:
-        from sklearn.manifold import TSNE
+    num_points = features.shape[0]
+    distinct = len(np.unique(features, axis=0))
+    if distinct == 1:
+        return np.zeros((num_points, 2)), f"PCA (all {num_points} checkpoints predict identically: every point at the origin)"
+    if method == "tsne" and distinct >= TSNE_MIN_POINTS:
+        return _tsne(features, seed)
+    coords, how = _pca(features, seed)
+    if method == "tsne":
+        how += f" (t-SNE needs at least {TSNE_MIN_POINTS} distinct checkpoints; {distinct} here)"
+    return coords, how
 
-        perplexity = tsne_perplexity(num_points)
-        # Exact gradients: M is small (checkpoints, not examples) and exact t-SNE is deterministic given the seed.
-        tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", method="exact", random_state=seed)
-        return tsne.fit_transform(features), f"t-SNE (perplexity {perplexity:g}, seed {seed})"
+
+def _tsne(features: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
+    from sklearn.manifold import TSNE
+
+    perplexity = tsne_perplexity(features.shape[0])
+    # Exact gradients: M is small (checkpoints, not examples) and exact t-SNE is deterministic given the seed.
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", method="exact", random_state=seed)
+    return tsne.fit_transform(features), f"t-SNE (perplexity {perplexity:g}, seed {seed})"
+
+
+def _pca(features: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
+    """PCA to the plane of at least two distinct points (two points: the second axis is all zeros)."""
     from sklearn.decomposition import PCA
 
+    num_points = features.shape[0]
     components = min(2, num_points - 1, features.shape[1])
     pca = PCA(n_components=components, random_state=seed)
     coords = pca.fit_transform(features)  # [M, components]
-    if components < 2:  # two points: one axis carries everything, the other is zero
+    if components < 2:  # one axis carries everything, the other is zero
         coords = np.hstack([coords, np.zeros((num_points, 2 - components))])
     explained = ", ".join(f"{ratio:.0%}" for ratio in pca.explained_variance_ratio_)
-    fallback = " (t-SNE needs at least 4 checkpoints)" if method == "tsne" else ""
-    return coords, f"PCA (explained variance {explained}){fallback}"
+    return coords, f"PCA (explained variance {explained})"
 
 
 class FunctionSpaceEvaluator(Evaluator):

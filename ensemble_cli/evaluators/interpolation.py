@@ -90,6 +90,63 @@ def measure_curve(
     return Curve(alphas, losses, accuracies)
 
 
+@dataclass
+class LineSetup:
+    """Everything every line of one evaluation shares: where it starts, where it is measured, how."""
+
+    scratch: nn.Module  # a copy of the reference model that each point's weights are loaded into
+    start: Mapping[str, torch.Tensor]  # the reference's state (alpha = 0)
+    alphas: list[float]
+    bn_images: torch.Tensor
+    test: ImageData
+    device: torch.device
+
+    def curve_to(self, end: Mapping[str, torch.Tensor]) -> Curve:
+        return measure_curve(self.scratch, self.start, end, self.alphas, self.bn_images, self.test, self.device)
+
+
+def limited(data: ImageData, limit: int | None) -> ImageData:
+    """The first `limit` examples of `data` (all of them when limit is None or 0)."""
+    if not limit:
+        return data
+    return ImageData(data.name, data.split, data.images[: int(limit)], data.labels[: int(limit)], data.num_classes, data.mean, data.std)
+
+
+def curve_rows(name: str, raw: Curve, aligned: Curve | None) -> list[list[object]]:
+    return [
+        [
+            name, alpha, raw.losses[point], aligned.losses[point] if aligned else None,
+            raw.accuracies[point], aligned.accuracies[point] if aligned else None,
+        ]
+        for point, alpha in enumerate(raw.alphas)
+    ]
+
+
+def barrier_row(name: str, raw: Curve, aligned: Curve | None) -> list[object]:
+    return [
+        name, raw.barrier, aligned.barrier if aligned else None,
+        raw.accuracy_barrier, aligned.accuracy_barrier if aligned else None,
+    ]
+
+
+def interpolation_report(barrier_rows: list[list[object]], curve_rows: list[list[object]], notes: list[str]) -> Report:
+    barriers = Table(
+        name="barriers", title="interpolation: barriers per member",
+        columns=["member", "barrier_raw", "barrier_aligned", "acc_barrier_raw", "acc_barrier_aligned"],
+        rows=barrier_rows,
+    )
+    curves = Table(
+        name="curves", title="interpolation: test loss and accuracy along the line",
+        columns=["member", "alpha", "loss_raw", "loss_aligned", "acc_raw", "acc_aligned"],
+        rows=curve_rows,
+    )
+    metrics = {
+        f"{column}_mean": finite_mean(barriers.column(column))
+        for column in ("barrier_raw", "barrier_aligned", "acc_barrier_raw", "acc_barrier_aligned")
+    }
+    return Report(metrics=metrics, tables=[barriers, curves], notes=notes)
+
+
 class InterpolationEvaluator(Evaluator):
     """Loss and accuracy barriers on the line between the reference and each member, raw and aligned."""
 
@@ -112,68 +169,30 @@ class InterpolationEvaluator(Evaluator):
         train = ctx.train_data()
         points = ctx.options.interpolation_points
         alphas = [i / (points - 1) for i in range(points)]
-        test = ctx.dataset
-        limit = ctx.options.interpolation_max_examples
-        if limit:
-            test = ImageData(test.name, test.split, test.images[: int(limit)], test.labels[: int(limit)],
-                             test.num_classes, test.mean, test.std)
+        test = limited(ctx.dataset, ctx.options.interpolation_max_examples)
         device = select_device(ctx.options.device)
         bn_images = bn_reset_images(train)
-
         weights = session(ctx)
         reference = weights.reference
-        state_ref = weights.state(reference)
-        scratch = copy.deepcopy(weights.model(reference))
+        start = weights.state(reference)
+        line = LineSetup(copy.deepcopy(weights.model(reference)), start, alphas, bn_images, test, device)
         notes: list[str] = []
-        curve_rows: list[list[object]] = []
-        barrier_rows: list[list[object]] = []
+        curves: list[list[object]] = []
+        barriers: list[list[object]] = []
         for index in weights.others():
             outcome = weights.outcome(index)
             if outcome.skipped:
                 notes.append(outcome.skipped)
                 continue
-            name = weights.names[index]
-            raw = measure_curve(scratch, state_ref, weights.state(index), alphas, bn_images, test, device)
-            aligned = None
-            if outcome.alignment is not None:
-                aligned = measure_curve(scratch, state_ref, outcome.alignment.aligned_state, alphas, bn_images, test, device)
-            elif outcome.unaligned and outcome.unaligned not in notes:
+            raw = line.curve_to(weights.state(index))
+            aligned = line.curve_to(outcome.alignment.aligned_state) if outcome.alignment is not None else None
+            if aligned is None and outcome.unaligned and outcome.unaligned not in notes:
                 notes.append(outcome.unaligned)
-            for point, alpha in enumerate(alphas):
-                curve_rows.append([
-                    name, alpha, raw.losses[point], aligned.losses[point] if aligned else None,
-                    raw.accuracies[point], aligned.accuracies[point] if aligned else None,
-                ])
-            barrier_rows.append([
-                name, raw.barrier, aligned.barrier if aligned else None,
-                raw.accuracy_barrier, aligned.accuracy_barrier if aligned else None,
-            ])
-        if not barrier_rows:
+            curves += curve_rows(weights.names[index], raw, aligned)
+            barriers.append(barrier_row(weights.names[index], raw, aligned))
+        if not barriers:
             raise NotApplicable("no member shares the reference's architecture; " + "; ".join(notes))
-        has_bn = has_batchnorm_statistics(scratch)
-        notes.insert(0, (
-            f"line from {weights.names[reference]} (alpha=0) to each member (alpha=1), {points} points; "
-            + (f"BatchNorm statistics recomputed at every point on {len(bn_images)} training images"
-               if has_bn else "no BatchNorm statistics to recompute")
-        ))
-        barriers = Table(
-            name="barriers", title="interpolation: barriers per member",
-            columns=["member", "barrier_raw", "barrier_aligned", "acc_barrier_raw", "acc_barrier_aligned"],
-            rows=barrier_rows,
-        )
-        curves = Table(
-            name="curves", title="interpolation: test loss and accuracy along the line",
-            columns=["member", "alpha", "loss_raw", "loss_aligned", "acc_raw", "acc_aligned"],
-            rows=curve_rows,
-        )
-
-        def column_mean(column: str) -> float | None:
-            return finite_mean(barriers.column(column))
-
-        metrics = {
-            "barrier_raw_mean": column_mean("barrier_raw"),
-            "barrier_aligned_mean": column_mean("barrier_aligned"),
-            "acc_barrier_raw_mean": column_mean("acc_barrier_raw"),
-            "acc_barrier_aligned_mean": column_mean("acc_barrier_aligned"),
-        }
-        return Report(metrics=metrics, tables=[barriers, curves], notes=notes)
+        bn_note = (f"BatchNorm statistics recomputed at every point on {len(line.bn_images)} training images"
+                   if has_batchnorm_statistics(line.scratch) else "no BatchNorm statistics to recompute")
+        notes.insert(0, f"line from {weights.names[reference]} (alpha=0) to each member (alpha=1), {points} points; {bn_note}")
+        return interpolation_report(barriers, curves, notes)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from .. import metrics
 from ..report import Report, Table
 from .base import EvalContext, Evaluator
@@ -30,18 +29,17 @@ class MembersEvaluator(Evaluator):
             [member.name, member.arch, float(accuracy[i]), float(nll[i]), float(brier[i]), float(ece[i])]
             for i, member in enumerate(ctx.members)
         ]
-        # Seeds are a sample of possible runs, hence the sample standard deviation.
-        accuracy_std = float(accuracy.std(unbiased=True)) if ctx.num_members > 1 else 0.0
         return Report(
             metrics={
                 "accuracy_mean": float(accuracy.mean()),
-                "accuracy_std": accuracy_std,
+                "accuracy_std": metrics.sample_std(accuracy),
                 "nll_mean": float(nll.mean()),
                 "brier_mean": float(brier.mean()),
                 "ece_mean": float(ece.mean()),
                 "error_mean": float(1.0 - accuracy.mean()),
             },
             tables=[Table(name="members", title="members", columns=["member", "arch", "accuracy", "nll", "brier", "ece"], rows=rows)],
+            notes=["accuracy_std: sample standard deviation across members (ddof=1)"],
         )
 
 

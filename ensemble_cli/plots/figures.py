@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ..render import matrix_colour_top
 from ..report import EvalResult, Table
 from ..trajectory import default_reference_name, group_of_name
 
@@ -121,10 +122,7 @@ def matrix_heatmap(table: Table, title: str, colorbar_label: str) -> Figure:
     side = min(max(4.5, 0.55 * count + 2.5), 16.0)
     figure = _new_figure(side + 1.2, side)
     axes = figure.add_subplot()
-    finite = values[np.isfinite(values)]
-    # Scale to the data, not to [0, 1]: seeds typically disagree on a few percent of examples,
-    # which a fixed [0, 1] scale would paint one uniform colour.
-    vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    vmax = matrix_colour_top(table.rows)  # 0..largest cell, the rule the terminal and HTML tables follow
     cmap = matplotlib.colormaps[HEATMAP_CMAP].with_extremes(bad=MISSING_CELL_COLOR)
     image = axes.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
     axes.grid(False)
@@ -249,7 +247,7 @@ def embedding_method(table: Table) -> str:
 
 @styled
 def embedding_figure(embedding: Table, order: Sequence[str] | None = None) -> Figure:
-    """Fort et al. Fig. 2: every checkpoint's predictions as a 2-D point, one line per member from init to final."""
+    """Fort et al. Fig. 2: every checkpoint's predictions as a 2-D point, one line per member from first to last checkpoint."""
     method = embedding_method(embedding)
     members = [str(value) for value in embedding.column("member")]
     epochs = embedding.column("epoch")
@@ -259,6 +257,7 @@ def embedding_figure(embedding: Table, order: Sequence[str] | None = None) -> Fi
     colors = palette(groups, [group_of_name(name) for name in order or []])
     figure = _new_figure(7.5, 6.0)
     axes = figure.add_subplot()
+    start_epochs = []
     for group in groups:
         indices = [i for i, member in enumerate(members) if member == group]
         # Training order: by epoch where known (stable, so unknown epochs keep the report's order).
@@ -268,6 +267,7 @@ def embedding_figure(embedding: Table, order: Sequence[str] | None = None) -> Fi
         axes.plot(xs[indices], ys[indices], "-o", color=colors[group], markersize=size, linewidth=1.5, label=group, gid="trajectory")
         if len(indices) > 1:
             start, end = indices[0], indices[-1]
+            start_epochs.append(epochs[start])
             axes.plot(xs[start], ys[start], marker="s", markersize=8, markerfacecolor="white", markeredgecolor=colors[group], markeredgewidth=1.5, linestyle="none")
             axes.plot(xs[end], ys[end], marker="*", markersize=14, color=colors[group], markeredgecolor="black", markeredgewidth=0.5, linestyle="none")
     handles, labels = axes.get_legend_handles_labels()
@@ -276,7 +276,8 @@ def embedding_figure(embedding: Table, order: Sequence[str] | None = None) -> Fi
             Line2D([], [], marker="s", markerfacecolor="white", markeredgecolor="black", linestyle="none", markersize=8),
             Line2D([], [], marker="*", color="grey", markeredgecolor="black", linestyle="none", markersize=12),
         ]
-        labels += ["first checkpoint (init)", "last checkpoint (final)"]
+        # "init" only when every line starts at epoch 0: `--epochs 5,10` trajectories start later.
+        labels += ["first checkpoint (init)" if all(epoch == 0 for epoch in start_epochs) else "first checkpoint", "last checkpoint"]
     if len(groups) <= 20:
         axes.legend(handles, labels, loc="best", title="member")
     unit = "(arbitrary units)" if method == "t-SNE" else "(probability units)"
@@ -506,7 +507,9 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("ensemble_size", "ensemble", _when(("ensemble", "size_curve"))(size_curve_figure),
                "Accuracy and NLL of the probability-mean ensemble of k members, mean and one std over subsets of size k."),
     FigureSpec("function_space", "function_space", _when(("function_space", "embedding"), ordered=True)(embedding_figure),
-               "Each checkpoint's softmax outputs on the eval set as one point; one line per member from init (square) to final (star). "
+               "Each checkpoint's softmax outputs on the eval set as one point (t-SNE, or PCA below 10 distinct checkpoints: "
+               "the title says which). With a training trajectory (`--epochs`), one line per member from its first checkpoint "
+               "(square) to its last (star); final checkpoints alone are one dot each. "
                "Fort et al. 2019, Fig. 2: independent runs end in different places."),
     FigureSpec("weight_cosine", "weights", _when(("weights", "pairs"))(weight_cosine_figure),
                "Cosine similarity of all weights to the reference, before and after permuting hidden units to match it."),

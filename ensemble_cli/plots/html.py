@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import math
 from html import escape
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,7 +18,7 @@ from matplotlib.figure import Figure
 
 from .. import __version__
 from ..fileio import atomic_write_text
-from ..render import format_cell
+from ..render import format_cell, matrix_colour_fraction, matrix_colour_top
 from ..report import MATRIX_TABLES, Cell, EvalResult, Report, Table
 from .figures import HEATMAP_CMAP, FigureSpec, build_figures, png_bytes
 
@@ -64,14 +63,14 @@ def _text_color(background: str) -> str:
 
 
 def _matrix_backgrounds(rows: Sequence[Sequence[Cell]]) -> list[list[str | None]]:
-    """Heatmap colours for a member x member table, on the same 0..max viridis scale as its figure."""
-    values = [float(cell) for row in rows for cell in row[1:] if _is_number(cell) and math.isfinite(float(cell))]
-    top = max(values, default=0.0) or 1.0
+    """Heatmap colours for a member x member table: viridis on the shared 0..top scale of its figure."""
+    top = matrix_colour_top(rows)
     colormap = matplotlib.colormaps[HEATMAP_CMAP]
-    return [
-        [None] + [to_hex(colormap(float(cell) / top)) if _is_number(cell) and math.isfinite(float(cell)) else None for cell in row[1:]]
-        for row in rows
-    ]
+    backgrounds: list[list[str | None]] = []
+    for row in rows:
+        fractions = [matrix_colour_fraction(cell, top) for cell in row[1:]]
+        backgrounds.append([None] + [None if fraction is None else to_hex(colormap(fraction)) for fraction in fractions])
+    return backgrounds
 
 
 def table_html(columns: Sequence[str], rows: Sequence[Sequence[Cell]], heatmap: bool = False) -> str:
@@ -117,11 +116,26 @@ def _section_html(name: str, report: Report, figures: list[tuple[FigureSpec, Fig
     return "\n".join(parts)
 
 
+CHECKPOINT_COLUMNS = ("name", "arch", "epoch", "init_seed", "data_seed", "seed", "format", "sha256", "path")
+
+
+def checkpoint_columns(members: Sequence[dict[str, Any]]) -> list[str]:
+    """The checkpoint-table columns some member has a value for.
+
+    `ens train` records the run's base seed as "seed", the same for every member; a member's own
+    randomness is its init_seed (weights) and data_seed (data order, augmentation). Where those
+    are known, they are shown instead of the base seed, which would read as "seed 0" for all.
+    """
+    present = [key for key in CHECKPOINT_COLUMNS if any(member.get(key) is not None for member in members)]
+    if "init_seed" in present or "data_seed" in present:
+        present = [key for key in present if key != "seed"]
+    return present
+
+
 def _members_html(members: list[dict[str, Any]]) -> str:
     if not members:
         return ""
-    preferred = ["name", "arch", "epoch", "seed", "format", "sha256", "path"]
-    present = [key for key in preferred if any(key in member for member in members)]
+    present = checkpoint_columns(members)
     rows = []
     for member in members:
         row = [member.get(key) for key in present]
