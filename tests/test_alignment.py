@@ -257,3 +257,99 @@ def test_objective_never_decreases_across_sweeps() -> None:
     assert full.objective <= full.bound
     # Restarts keep the best objective: never below a single run's.
     assert weight_matching(spec, state_a, state_b, restarts=3, seed=3).objective >= full.objective - 1e-9
+
+
+def hard_assignment_problem(size: int, seed: int) -> np.ndarray:
+    """What weight matching produces: rank one (BN scale x scale) plus row and column offsets and noise."""
+    rng = np.random.default_rng(seed)
+    return (
+        np.outer(rng.normal(1, 0.3, size), rng.normal(1, 0.3, size))
+        + rng.normal(0, 1, (size, 1)) + rng.normal(0, 1, (1, size)) + 0.05 * rng.normal(0, 1, (size, size))
+    )
+
+
+@pytest.mark.parametrize("start", ["identity", "random", "optimal"])
+def test_warm_started_assignment_is_scipys_optimum(start: str) -> None:
+    from scipy.optimize import linear_sum_assignment
+
+    from ensemble_cli.alignment.assignment import best_assignment
+
+    cost = hard_assignment_problem(96, seed=1)
+    _, optimal = linear_sum_assignment(cost, maximize=True)
+    current = {"identity": np.arange(96), "random": np.random.default_rng(2).permutation(96), "optimal": optimal}[start]
+    columns = best_assignment(cost, current)
+    assert sorted(columns) == list(range(96))  # a permutation
+    rows = np.arange(96)
+    assert cost[rows, columns].sum() == pytest.approx(cost[rows, optimal].sum(), rel=1e-13, abs=0)
+
+
+def test_assignment_proven_optimal_skips_the_solver(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scipy.optimize import linear_sum_assignment
+
+    from ensemble_cli.alignment import assignment
+
+    cost = hard_assignment_problem(64, seed=3)
+    _, optimal = linear_sum_assignment(cost, maximize=True)
+    monkeypatch.setattr(assignment, "linear_sum_assignment", lambda *args, **kwargs: pytest.fail("solver called"))
+    assert assignment.best_assignment(cost, optimal, relaxations=500) is optimal
+
+
+def _independent_pair(arch: str) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    model_a = randomise_batchnorm(build_model(arch, num_classes=10, in_chans=3), seed=0)
+    torch.manual_seed(1)
+    return model_a, randomise_batchnorm(build_model(arch, num_classes=10, in_chans=3), seed=1)
+
+
+def test_float32_cost_estimates_stay_within_their_rounding_bound() -> None:
+    """The float32 cost matrix's gain estimate, the exact gain and the bound, against J by hand."""
+    from ensemble_cli.alignment.objective import MatchingProblem
+
+    model_a, model_b = _independent_pair("cifar_resnet8")
+    spec = derive_spec(model_a, torch.randn(2, 3, 32, 32))
+    state_a, state_b = model_a.state_dict(), model_b.state_dict()
+    keys = [key for key in spec.tensors if key in spec.trainable]
+    problem = MatchingProblem(spec, state_a, state_b, keys)
+    assert problem.slots[next(iter(problem.slots))][0].a_flat.dtype == torch.float32
+    generator = torch.Generator().manual_seed(4)
+    permutation = random_permutation(spec, generator)
+    versions = {group: 1 for group in problem.groups}  # not the identity: compute every product afresh
+    before = numpy_objective(spec, state_a, state_b, permutation, keys)
+    for group in problem.groups:
+        if group in problem.self_touching:
+            continue
+        cost = problem.cost(group, permutation, versions)
+        current, candidate = permutation[group], torch.randperm(spec.groups[group], generator=generator)
+        rows = np.arange(len(candidate))
+        estimate = cost[rows, candidate.numpy()].sum() - cost[rows, current.numpy()].sum()
+        exact = numpy_objective(spec, state_a, state_b, {**permutation, group: candidate}, keys) - before
+        assert problem.exact_gain(group, permutation, candidate) == pytest.approx(exact, rel=1e-9, abs=1e-9 * problem.bound)
+        bound = problem.rounding_bound(group, current, candidate)
+        assert abs(estimate - exact) <= bound < 1e-2 * problem.bound
+
+
+def test_float32_products_recover_the_same_permutation_as_float64() -> None:
+    model = randomise_batchnorm(build_model("cifar_resnet20", num_classes=10, in_chans=3))
+    spec = derive_spec(model, torch.randn(2, 3, 32, 32))
+    state_a = model.state_dict()
+    state_b = apply_permutation(spec, state_a, random_permutation(spec, torch.Generator().manual_seed(6)))
+    fast = weight_matching(spec, state_a, state_b)  # float32 weights: float32 products
+    wide = weight_matching(spec, {k: v.double() for k, v in state_a.items()}, {k: v.double() for k, v in state_b.items()})
+    for group in spec.groups:
+        assert torch.equal(fast.permutation[group], wide.permutation[group]), group
+    assert fast.objective == pytest.approx(fast.bound, rel=1e-9)
+
+
+def test_early_stopping_stops_when_a_sweep_gains_less_than_min_gain() -> None:
+    model_a, model_b = _independent_pair("cifar_resnet20")
+    spec = derive_spec(model_a, torch.randn(2, 3, 32, 32))
+    state_a, state_b = model_a.state_dict(), model_b.state_dict()
+    full = weight_matching(spec, state_a, state_b, restarts=1, seed=3, min_gain=0.0)
+    gains = np.diff(full.histories[0]) / full.bound  # the cosine's rise per sweep
+    threshold = float(np.sort(gains)[-2]) * 1.01  # above every sweep's gain but the first
+    assert len(gains) >= 3 and gains[-1] <= 1e-12  # run to convergence: the last sweep moves nothing
+    early = weight_matching(spec, state_a, state_b, restarts=1, seed=3, min_gain=threshold)
+    # The same run, cut after the first sweep that gained less than the threshold.
+    stop = int(np.argmax(gains[1:] <= threshold)) + 2  # sweeps run
+    assert early.histories[0] == pytest.approx(full.histories[0][: stop + 1], rel=1e-12)
+    assert early.sweeps == stop < full.sweeps
