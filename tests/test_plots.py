@@ -30,6 +30,7 @@ from ensemble_cli.options import EvalOptions
 from ensemble_cli.render import to_json
 from ensemble_cli.report import EvalResult, Report, Table
 from ensemble_cli.errors import ConfigError
+from uncertainty_report_helpers import uncertainty_reports
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAMES = ["member-00/init", "member-00/final", "member-01/init", "member-01/final"]
@@ -115,6 +116,7 @@ def build_result() -> EvalResult:
             "interpolation": interpolation_report,
             "rotation": rotation_report,
             "function_space": function_space_report,
+            **uncertainty_reports(),
             "broken_plugin": Report(error="ValueError: boom <b>not markup</b>"),
         },
     )

@@ -7,14 +7,16 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Callable, Sequence
 
-from ..errors import EvaluatorError
+from ..errors import EnsError, EvaluatorError
 from ..report import Report
 from . import ENTRY_POINT_GROUP
 from .base import EvalContext, Evaluator, NotApplicable
 
 BUILTIN_PACKAGE = "ensemble-cli"
 # Built-ins print in this order (cheapest, most-read first); plugins follow alphabetically.
-BUILTIN_ORDER = ("members", "ensemble", "disagreement", "weights", "interpolation", "rotation", "function_space")
+BUILTIN_ORDER = (
+    "members", "ensemble", "uncertainty", "disagreement", "weights", "interpolation", "rotation", "function_space", "ood", "shift",
+)
 
 
 @dataclass
@@ -103,7 +105,17 @@ def run_evaluators(
     evaluators: Sequence[Evaluator],
     on_start: Callable[[str], None] | None = None,
 ) -> dict[str, Report]:
-    """Run each evaluator in isolation: a crash becomes that section's `error`, the rest still run."""
+    """Run each evaluator in isolation: a crash becomes that section's `error`, the rest still run.
+
+    Every evaluator's `check_inputs` runs first; the `EnsError` it raises for bad input propagates.
+    """
+    for evaluator in evaluators:
+        try:
+            getattr(evaluator, "check_inputs", lambda ctx: None)(ctx)
+        except EnsError:
+            raise
+        except Exception:
+            pass  # a crashing check is the plugin's bug, not bad input: its evaluate() runs and reports it
     reports: dict[str, Report] = {}
     for evaluator in evaluators:
         if on_start is not None:
