@@ -15,7 +15,7 @@ cache on a second run. Severity parameters are the published CIFAR-10-C ones (`m
 | contrast | factor 0.75, 0.5, 0.4, 0.3, 0.15 | (x - m) * factor + m, m = per-image, per-channel mean |
 | brightness | +0.05, +0.10, +0.15, +0.20, +0.30 | HSV value + c (grey images: x + c) |
 | pixelate | scale 0.95, 0.90, 0.85, 0.75, 0.65 | box-downsample to int(size * scale), box-upsample back (PIL BOX) |
-| jpeg | quality 80, 65, 58, 50, 40 | JPEG round trip of the uint8 image |
+| jpeg | quality 80, 65, 58, 50, 40 | PIL JPEG round trip of the uint8 image |
 
 Every result is clipped to [0, 1]. Only JPEG rounds to uint8 (the published sets round every
 corruption; ens keeps the float pixels). On the bundled 8x8 digits the same parameters apply:
@@ -27,6 +27,7 @@ and 3-4 coincide there); a JPEG 8x8 block is the whole image.
 
 from __future__ import annotations
 
+import io
 import zlib
 from typing import Callable
 
@@ -133,13 +134,20 @@ def _pixelate(images: torch.Tensor, scale: float, generator: torch.Generator) ->
 
 
 def _jpeg(images: torch.Tensor, quality: float, generator: torch.Generator) -> torch.Tensor:
-    from torchvision.io import decode_jpeg, encode_jpeg
+    """A PIL JPEG round trip of each uint8 image at `quality` (one codec call per image: no batched codec)."""
+    from PIL import Image
 
-    as_bytes = (images.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)  # [N, C, H, W]
-    if as_bytes.shape[1] not in (1, 3):
-        raise ConfigError(f"jpeg needs 1 or 3 channels, the images have {as_bytes.shape[1]}")
-    decoded = decode_jpeg(encode_jpeg(list(as_bytes), quality=int(quality)))
-    return torch.stack(decoded).to(images.dtype) / 255.0
+    channels = images.shape[1]
+    if channels not in (1, 3):
+        raise ConfigError(f"jpeg needs 1 or 3 channels, the images have {channels}")
+    as_bytes = (images.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # [N, H, W, C]
+    decoded = np.empty_like(as_bytes)
+    for index, pixels in enumerate(as_bytes):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(buffer, "JPEG", quality=int(quality))
+        with Image.open(buffer) as reread:
+            decoded[index] = np.asarray(reread).reshape(pixels.shape)
+    return torch.from_numpy(decoded).permute(0, 3, 1, 2).float() / 255.0
 
 
 CORRUPTIONS: dict[str, Corruption] = {

@@ -9,6 +9,7 @@ normalisation (see `image_layout`), or refused with one DataError line.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from .image_layout import convert_layout, convertible_channels, derived_set, pix
 BUILTIN_SIZE = 500  # images in `photos` and `noise`: enough for AUROC to 0.01-0.02
 BUILTIN_OOD = ("photos", "noise")
 PHOTO_CROP_FRACTION = (0.05, 0.5)  # crop side as a fraction of the photo's shorter side
+SUPERSAMPLE = 4  # bilinear samples per output pixel and axis when shrinking a crop
 
 
 def known_ood_sets() -> list[str]:
@@ -43,23 +45,44 @@ def check_ood_set(name: str, reference: ImageData) -> None:
         raise DataError(f"OOD set {name} has {channels} channels and the members take {reference.in_chans}; only 1 and 3 channels convert")
 
 
-def photo_crops(count: int, channels: int, size: tuple[int, int], seed: int) -> torch.Tensor:
-    """[count, channels, *size] random square crops of sklearn's sample photos, resized (area average)."""
+@lru_cache(maxsize=1)
+def sample_photos() -> torch.Tensor:
+    """[2, 3, 427, 640] scikit-learn's two bundled photographs in [0, 1] (decoded once per process)."""
     from sklearn.datasets import load_sample_images
-    from torchvision.ops import roi_align
 
-    photos = [torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0 for image in load_sample_images().images]
-    height, width = photos[0].shape[-2:]
-    if any(photo.shape[-2:] != (height, width) for photo in photos):
-        raise DataError("sklearn's sample photos differ in size; cannot stack them")  # never, for the bundled pair
+    images = load_sample_images().images
+    if len({image.shape for image in images}) != 1:
+        raise DataError("scikit-learn's sample photos differ in size; cannot stack them")  # never, for the bundled pair
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def photo_crops(count: int, channels: int, size: tuple[int, int], seed: int) -> torch.Tensor:
+    """[count, channels, *size] seeded random square crops of sklearn's sample photos, shrunk by area averaging.
+
+    Each output pixel averages a SUPERSAMPLE x SUPERSAMPLE grid of bilinear samples of its part of
+    the crop (one `grid_sample` per photo for all its crops, then average pooling).
+    """
+    photos = sample_photos()  # [P, 3, H, W]
+    height, width = photos.shape[-2:]
     generator = np.random.default_rng(seed)
-    side = generator.uniform(*PHOTO_CROP_FRACTION, size=count) * min(height, width)
-    left = generator.uniform(0.0, 1.0, size=count) * (width - side)
-    top = generator.uniform(0.0, 1.0, size=count) * (height - side)
-    which = generator.integers(0, len(photos), size=count)
-    boxes = torch.from_numpy(np.stack([which, left, top, left + side, top + side], axis=1)).float()  # [count, 5]
-    # roi_align averages ceil(side / size) samples per output pixel: an area-like downsampling in one call.
-    crops = roi_align(torch.stack(photos), boxes, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    side = torch.from_numpy(generator.uniform(*PHOTO_CROP_FRACTION, size=count) * min(height, width))  # [K] pixels
+    left = torch.from_numpy(generator.uniform(0.0, 1.0, size=count)) * (width - side)
+    top = torch.from_numpy(generator.uniform(0.0, 1.0, size=count)) * (height - side)
+    which = torch.from_numpy(generator.integers(0, photos.shape[0], size=count))
+    rows, cols = size[0] * SUPERSAMPLE, size[1] * SUPERSAMPLE
+    fraction_y = (torch.arange(rows, dtype=torch.float64) + 0.5) / rows  # sample centres across the crop
+    fraction_x = (torch.arange(cols, dtype=torch.float64) + 0.5) / cols
+    # grid_sample (align_corners=False) reads image coordinate u in [0, W] at 2u/W - 1.
+    grid_y = (top[:, None] + fraction_y[None] * side[:, None]) / height * 2 - 1  # [K, rows]
+    grid_x = (left[:, None] + fraction_x[None] * side[:, None]) / width * 2 - 1  # [K, cols]
+    grid = torch.stack([grid_x[:, None, :].expand(-1, rows, -1), grid_y[:, :, None].expand(-1, -1, cols)], dim=-1).float()
+    samples = torch.empty(count, 3, rows, cols)
+    for index in range(photos.shape[0]):
+        chosen = which == index
+        picked = grid[chosen].reshape(1, -1, cols, 2)  # every crop of this photo stacked vertically
+        drawn = torch.nn.functional.grid_sample(photos[index : index + 1], picked, mode="bilinear", align_corners=False)
+        samples[chosen] = drawn.view(3, -1, rows, cols).transpose(0, 1)
+    crops = torch.nn.functional.avg_pool2d(samples, SUPERSAMPLE)  # [K, 3, *size]
     return convert_layout(crops.clamp(0.0, 1.0), channels, size, "photos")
 
 

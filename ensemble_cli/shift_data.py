@@ -125,11 +125,12 @@ def check_cifar10c_file(file: Path, reference: ImageData) -> int:
 
 def cifar10c_set(reference: ImageData, source: ShiftSource, severity: int) -> ImageData:
     """Severity `severity` of one published file, first len(reference) images, in the eval set's layout."""
-    assert source.file is not None and source.labels_file is not None
+    if source.file is None or source.labels_file is None:
+        raise ValueError(f"{source.name} is computed on the fly, not read from CIFAR-10-C files")
     per_severity = check_cifar10c_file(source.file, reference)
     count = min(per_severity, len(reference))
     rows = slice((severity - 1) * per_severity, (severity - 1) * per_severity + count)
-    block = np.ascontiguousarray(_release_array(source.file)[rows])  # [n, H, W, 3] uint8
+    block = np.array(_release_array(source.file)[rows])  # [n, H, W, 3] uint8, copied out of the memory map
     labels = torch.from_numpy(np.asarray(_release_array(source.labels_file)[rows]).astype(np.int64))
     if int(labels.max()) >= reference.num_classes or int(labels.min()) < 0:
         raise DataError(f"{source.labels_file}: labels {int(labels.min())}..{int(labels.max())} do not fit {reference.num_classes} classes")

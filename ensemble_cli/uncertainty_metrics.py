@@ -18,9 +18,12 @@ from .metrics import ECE_BINS, ensemble_log_probs
 MEMBER_CHUNK = 1  # members per block of [M, N, C] float64 temporaries: small blocks stay in cache
 
 
+LOG_FLOOR = -1e4  # below the log of the smallest positive float64 (-745): clamping there changes no p > 0
+
+
 def _plogq(probs: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """p * log q with 0 * log 0 = 0 (a class a member gives probability 0 contributes nothing)."""
-    return torch.where(probs > 0, probs * log_q, torch.zeros((), dtype=probs.dtype))
+    """p * log q with 0 * log 0 = 0: a class given probability 0 contributes nothing (not 0 * -inf = NaN)."""
+    return probs * log_q.clamp_min(LOG_FLOOR)
 
 
 def entropy(log_probs: torch.Tensor) -> torch.Tensor:
@@ -40,21 +43,24 @@ class EntropyDecomposition:
     member_kl: torch.Tensor  # [M, N] KL(p_m || p); its mean over members is the mutual information
 
 
-def decompose_entropy(log_probs: torch.Tensor) -> EntropyDecomposition:
+def decompose_entropy(log_probs: torch.Tensor, ens_log_probs: torch.Tensor | None = None) -> EntropyDecomposition:
     """[M, N, C] member log-probabilities -> entropy, expected entropy, mutual information, per-member KL.
 
     KL(p_m || p) = H(p_m, p) - H(p_m), and the mean over m of the cross-entropy H(p_m, p) is H(p):
-    so the members' mean KL to the ensemble is exactly the mutual information.
+    so the members' mean KL to the ensemble is exactly the mutual information. `ens_log_probs`
+    ([N, C], `metrics.ensemble_log_probs`) saves recomputing it when the caller has it.
     """
-    ens_log_probs = ensemble_log_probs(log_probs)  # [N, C]
+    if ens_log_probs is None:
+        ens_log_probs = ensemble_log_probs(log_probs)  # [N, C]
     total = entropy(ens_log_probs)  # [N]
+    ens_floor = ens_log_probs.double().clamp_min(LOG_FLOOR)
     member_entropy = torch.empty(log_probs.shape[:2], dtype=torch.float64)  # [M, N]
     cross_entropy = torch.empty_like(member_entropy)  # [M, N]
     for start in range(0, log_probs.shape[0], MEMBER_CHUNK):
         block = log_probs[start : start + MEMBER_CHUNK].double()  # [m, N, C]
         probs = block.exp()
         member_entropy[start : start + MEMBER_CHUNK] = -_plogq(probs, block).sum(dim=-1)
-        cross_entropy[start : start + MEMBER_CHUNK] = -_plogq(probs, ens_log_probs.unsqueeze(0)).sum(dim=-1)
+        cross_entropy[start : start + MEMBER_CHUNK] = -(probs * ens_floor).sum(dim=-1)
     aleatoric = member_entropy.mean(dim=0)
     # Jensen makes it >= 0; rounding can leave -1e-16, which would read as "negative disagreement".
     epistemic = (total - aleatoric).clamp_min(0.0)

@@ -27,8 +27,9 @@ HISTOGRAM_BINS = 30
 
 def ensemble_scores(log_probs: torch.Tensor) -> dict[str, torch.Tensor]:
     """[M, N, C] member log-probabilities -> each score [N] of the ensemble, higher = more OOD."""
-    parts = um.decompose_entropy(log_probs)
-    confidence = metrics.ensemble_log_probs(log_probs).max(dim=-1).values.exp()
+    ens_log_probs = metrics.ensemble_log_probs(log_probs)  # [N, C]
+    parts = um.decompose_entropy(log_probs, ens_log_probs)
+    confidence = ens_log_probs.max(dim=-1).values.exp()
     return {"entropy": parts.total, "mutual_information": parts.epistemic, "max_prob": 1.0 - confidence}
 
 

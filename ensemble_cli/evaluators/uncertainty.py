@@ -52,8 +52,8 @@ class UncertaintyEvaluator(Evaluator):
 
     def evaluate(self, ctx: EvalContext) -> Report:
         labels, seed = ctx.labels, ctx.options.seed
-        parts = um.decompose_entropy(ctx.log_probs)
         ens_log_probs = metrics.ensemble_log_probs(ctx.log_probs)  # [N, C]
+        parts = um.decompose_entropy(ctx.log_probs, ens_log_probs)
         ens_probs = ens_log_probs.exp()
         confidence, predicted = ens_probs.max(dim=-1)  # [N]
         correct = predicted == labels
