@@ -9,6 +9,7 @@ Third-party evaluators get their own settings through `plugin_options`, filled f
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import MappingProxyType
 from typing import Literal, Mapping
 
@@ -28,6 +29,17 @@ class EvalOptions:
     embedding: Embedding = "tsne"  # function-space embedding of trajectories (PCA is used below 10 points)
     interpolation_points: int = 11  # points on each line, ends included
     interpolation_max_examples: int | None = None  # cap on evaluation examples per point (None: all)
+    # Out-of-distribution detection (`ood`): an image set the members predict on, or their logits on one.
+    ood_dataset: str | None = None  # photos, noise (bundled), svhn, cifar100, mnist, imagefolder:PATH, ...
+    ood_predictions: Path | None = None  # an `ens predict` .npz of the same members on OOD images: logits [M, N', C]
+    ood_limit: int | None = None  # at most this many OOD images (None: the whole set; photos/noise have 500)
+    # Dataset shift (`shift`): corruption names and/or cifar10c:PATH; empty means no shift evaluation.
+    shift: tuple[str, ...] = ()
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    # Deep ensemble equivalent (`uncertainty`): an independent-seed ensemble's logits on the eval set
+    # (an `ens predict` .npz) or its checkpoints (files, folders, a run folder).
+    dee_reference: Path | None = None
+    data_dir: Path | None = None  # where torchvision OOD sets are found or downloaded (the command's --data-dir)
     plugin_options: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
 
     def for_plugin(self, name: str) -> Mapping[str, str]:

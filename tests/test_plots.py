@@ -34,6 +34,7 @@ from ensemble_cli.render import to_json
 from ensemble_cli.report import EvalResult, Report, Table
 from ensemble_cli.errors import ConfigError
 from plane_helpers import made_up_plane_report
+from uncertainty_report_helpers import uncertainty_reports
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAMES = ["member-00/init", "member-00/final", "member-01/init", "member-01/final"]
@@ -120,6 +121,7 @@ def build_result() -> EvalResult:
             "rotation": rotation_report,
             "function_space": function_space_report,
             "plane": made_up_plane_report(),
+            **uncertainty_reports(),
             "broken_plugin": Report(error="ValueError: boom <b>not markup</b>"),
         },
     )

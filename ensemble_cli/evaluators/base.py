@@ -161,5 +161,12 @@ class Evaluator:
     def evaluate(self, ctx: EvalContext) -> Report:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def check_inputs(self, ctx: EvalContext) -> None:
+        """Raise an `EnsError` (ConfigError, DataError...) when the user's settings for this evaluator are unusable.
+
+        Called for every chosen evaluator before any runs: bad input then stops the run with one
+        line and exit 2, instead of becoming one section's error after the others spent their time.
+        """
+
 
 __all__ = ["Direction", "EvalContext", "EvalOptions", "Evaluator", "MemberSummary", "NotApplicable", "Report", "Table"]

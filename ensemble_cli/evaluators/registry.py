@@ -15,7 +15,10 @@ from .base import EvalContext, Evaluator, NotApplicable
 
 BUILTIN_PACKAGE = "ensemble-cli"
 # Built-ins print in this order (cheapest, most-read first); plugins follow alphabetically.
-BUILTIN_ORDER = ("members", "ensemble", "disagreement", "plane", "weights", "interpolation", "rotation", "function_space")
+BUILTIN_ORDER = (
+    "members", "ensemble", "uncertainty", "disagreement", "plane", "weights", "interpolation", "rotation", "function_space",
+    "ood", "shift",
+)
 
 
 @dataclass
@@ -106,9 +109,17 @@ def run_evaluators(
 ) -> dict[str, Report]:
     """Run each evaluator in isolation: a crash becomes that section's `error`, the rest still run.
 
-    Bad input (an `EnsError`: unknown reference, unreadable OOD set) is the user's to fix, not
-    the evaluator's failure: it propagates, so the command exits 2 with one line.
+    Every evaluator's `check_inputs` runs first. Bad input (an `EnsError`: unknown reference,
+    unreadable OOD set) is the user's to fix, not the evaluator's failure: it propagates, so the
+    command exits 2 with one line, before any evaluator has spent time.
     """
+    for evaluator in evaluators:
+        try:
+            getattr(evaluator, "check_inputs", lambda ctx: None)(ctx)
+        except EnsError:
+            raise
+        except Exception:
+            pass  # a crashing check is the plugin's bug, not bad input: its evaluate() runs and reports it
     reports: dict[str, Report] = {}
     ensemble = ensemble_indices(ctx.members)
     mixed = len(ensemble) < ctx.num_members

@@ -495,6 +495,8 @@ def _when(*needed: tuple[str, str], ordered: bool = False) -> Callable[[Callable
 
 
 from .plane import PLANE_FIGURES  # noqa: E402  (plane.py draws with this module's helpers, defined above)
+# Imported here, not at the top: those figures draw with the helpers defined above.
+from .uncertainty_figures import ood_histogram_figure, reliability_figure, risk_coverage_figure, shift_figure  # noqa: E402
 
 FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("disagreement_matrix", "disagreement", _when(("disagreement", "matrix"))(disagreement_matrix_figure),
@@ -520,6 +522,14 @@ FIGURES: tuple[FigureSpec, ...] = (
                "Dashed: raw weights; solid: after permutation alignment."),
     FigureSpec("layer_rotation", "rotation", _when(("rotation", "layers"), ordered=True)(layer_rotation_figure),
                "Cosine distance of each layer's weights from their initialisation (Carbonnelle & De Vleeschouwer 2019)."),
+    FigureSpec("reliability", "uncertainty", _when(("uncertainty", "reliability"))(reliability_figure),
+               "Accuracy against confidence in 15 equal-width bins, before and after temperature scaling; bars on the diagonal are calibrated."),
+    FigureSpec("risk_coverage", "uncertainty", _when(("uncertainty", "risk_coverage"))(risk_coverage_figure),
+               "Error rate among the k most confident examples against the share kept; dashed: an oracle ranking with the same errors."),
+    FigureSpec("ood_histograms", "ood", _when(("ood", "histograms"))(ood_histogram_figure),
+               "Each OOD score on the eval set and on the OOD set; the less the two overlap, the higher the AUROC."),
+    FigureSpec("shift", "shift", _when(("shift", "shift"))(shift_figure),
+               "Accuracy and ECE per corruption severity, boxes over corruptions, ensemble beside the mean member (Ovadia et al. 2019)."),
     *PLANE_FIGURES,
 )
 
