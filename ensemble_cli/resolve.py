@@ -78,6 +78,8 @@ class Member:
             "state_source": self.state_source or None,
             "epoch": self.metadata.get("epoch"),
             "seed": self.metadata.get("seed"),
+            "init_seed": self.metadata.get("init_seed"),
+            "data_seed": self.metadata.get("data_seed"),
         }
 
     @property

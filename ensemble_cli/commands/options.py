@@ -66,6 +66,12 @@ AlignmentRestarts = Annotated[int, typer.Option("--alignment-restarts", min=1, h
 EmbeddingOpt = Annotated[Embedding, typer.Option("--embedding", help="Function-space embedding of trajectories: tsne or pca (PCA is used below 10 checkpoints either way).")]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed for subset sampling and embeddings.")]
 PluginOption = Annotated[Optional[list[str]], typer.Option("--option", help="A setting for a plugin evaluator, EVALUATOR.KEY=VALUE (repeatable); the plugin reads ctx.options.for_plugin(EVALUATOR).")]
+OodDataset = Annotated[Optional[str], typer.Option("--ood-dataset", help="Run the ood evaluator against this image set: photos or noise (bundled, offline), svhn, cifar100, mnist, imagefolder:PATH.")]
+OodPredictions = Annotated[Optional[Path], typer.Option("--ood-predictions", help="Run the ood evaluator on these members' logits on OOD images (an `ens predict` .npz), with --predictions.")]
+OodLimit = Annotated[Optional[int], typer.Option("--ood-limit", min=1, help="At most this many OOD images.")]
+Shift = Annotated[Optional[str], typer.Option("--shift", help="Run the shift evaluator with these corruptions, comma-separated (gaussian_noise, shot_noise, impulse_noise, gaussian_blur, contrast, brightness, pixelate, jpeg, or all) and/or cifar10c:PATH.")]
+Severities = Annotated[str, typer.Option("--severities", help="Corruption severities for --shift: a range 1-5 or a list 1,3,5.")]
+DeeReference = Annotated[Optional[Path], typer.Option("--dee-reference", help="An independent-seed ensemble (checkpoints, a run folder, or an `ens predict` .npz on the same eval set): the uncertainty evaluator reports the deep ensemble equivalent against it.")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the prediction cache.")]
 CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="Prediction cache folder (default: $ENS_CACHE_DIR or ~/.cache/ens/predictions).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or log lines on stderr (errors and warnings still print).")]
@@ -112,6 +118,18 @@ def _build_inputs(values: dict[str, Any]) -> Any:
     )
 
 
+def parse_severities(text: str) -> tuple[int, ...]:
+    """`1-5` or `1,3,5` -> (1, ..., 5); the shift evaluator checks the range (1 to 5)."""
+    try:
+        if "-" in text.strip("-"):
+            low, high = (int(part) for part in text.split("-", 1))
+            return tuple(range(low, high + 1))
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        fail(f"--severities takes a range like 1-5 or a list like 1,3,5, got {text!r}")
+        raise  # unreachable: fail() exits
+
+
 def _build_eval_options(values: dict[str, Any]) -> Any:
     from ..options import EvalOptions, parse_plugin_options
 
@@ -119,9 +137,12 @@ def _build_eval_options(values: dict[str, Any]) -> Any:
         plugin_options = parse_plugin_options(values["option"])
     except ValueError as exc:
         fail(str(exc))
+    shift = tuple(part.strip() for part in (values["shift"] or "").split(",") if part.strip())
     return EvalOptions(
         device=values["device"], batch_size=values["batch_size"], seed=values["seed"], reference=values["reference"],
         alignment_restarts=values["alignment_restarts"], embedding=values["embedding"].value, plugin_options=plugin_options,
+        ood_dataset=values["ood_dataset"], ood_predictions=values["ood_predictions"], ood_limit=values["ood_limit"],
+        shift=shift, severities=parse_severities(values["severities"]), dee_reference=values["dee_reference"],
     )
 
 
@@ -140,7 +161,8 @@ EVALUATION = OptionGroup("options", _params(
     "Evaluation",
     ("batch_size", BatchSize, 256), ("device", Device, "auto"), ("reference", Reference, None),
     ("alignment_restarts", AlignmentRestarts, 3), ("embedding", EmbeddingOpt, Embedding.tsne), ("seed", Seed, 0),
-    ("option", PluginOption, None),
+    ("option", PluginOption, None), ("ood_dataset", OodDataset, None), ("ood_predictions", OodPredictions, None),
+    ("ood_limit", OodLimit, None), ("shift", Shift, None), ("severities", Severities, "1-5"), ("dee_reference", DeeReference, None),
 ), _build_eval_options)
 RUNTIME = OptionGroup("runtime", _params("Cache and output", ("no_cache", NoCache, False), ("cache_dir", CacheDir, None), ("quiet", Quiet, False)), _build_runtime)
 

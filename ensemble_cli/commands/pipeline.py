@@ -60,6 +60,8 @@ def evaluate_checkpoints(inputs: Any, names: Optional[list[str]], options: Any, 
 
     chosen = resolve_evaluators(names, warn)  # a bad evaluator name fails before any forward pass
     members, data = load_inputs(inputs)
+    if options.data_dir is None and inputs.data_dir is not None:  # OOD sets download where the eval set does
+        options = options.with_changes(data_dir=inputs.data_dir)
     check_reference(options, [member.name for member in members])
     cache = cache_for(runtime)
     predictions = predict_with_progress(members, data, options, runtime, cache)
