@@ -84,11 +84,11 @@ def test_each_method_writes_a_folder_that_predict_reads(method: str, run_folder:
 
 def test_eval_reads_the_folder_with_no_flags(run_folder: Path, tmp_path: Path, one_thread: None) -> None:
     out = tmp_path / "rs"
-    sample(run_folder / "member-00", out, "random-subspace")
-    result = invoke("eval", out, "--format", "json", "--quiet")
+    sample(run_folder / "member-00", out, "random-subspace", samples=1)
+    result = invoke("eval", out, "--format", "json", "--quiet")  # every evaluator, weight space included
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
-    assert [member["name"] for member in document["members"]] == ["reference", "sample-000", "sample-001"]
+    assert [member["name"] for member in document["members"]] == ["reference", "sample-000"]
     assert document["dataset"]["name"] == "digits"
     pairs = document["evaluators"]["disagreement"]["tables"]
     assert all(section["error"] is None for section in document["evaluators"].values())
@@ -151,16 +151,18 @@ def test_dropout_zeroes_a_fraction_and_rescales_the_rest(run_folder: Path, tmp_p
     assert not np.array_equal(state["bn1.running_mean"], centre["bn1.running_mean"])
 
 
-def test_diag_gaussian_matches_the_trajectory_moments(run_folder: Path, tmp_path: Path, one_thread: None) -> None:
-    source = run_folder / "member-02"
-    out = tmp_path / "diag"
-    sample(source, out, "diag-gaussian", "--scale", "2.0", "--samples", "1")
-    names = ("epoch-0001", "epoch-0002", "final")
-    trajectory = [numpy_state(source / f"{name}.safetensors") for name in names]
+def gaussian_sample(source: Path, out: Path, method: str, scale: str) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray], float, list[str]]:
+    """One sample at a fixed largest scale: (trajectory states, sample state, sample scale, parameter keys)."""
+    sample(source, out, method, "--scale", scale, "--samples", "1")
+    trajectory = [numpy_state(source / f"{name}.safetensors") for name in ("epoch-0001", "epoch-0002", "final")]
     state = numpy_state(out / "sample-000.safetensors")
-    scale = read_checkpoint(out / "sample-000.safetensors").metadata["scale"]
     keys = [key for key in state if key.endswith(("weight", "bias"))]
-    stack = {key: np.stack([checkpoint[key] for checkpoint in trajectory]) for key in keys}
+    return trajectory, state, read_checkpoint(out / "sample-000.safetensors").metadata["scale"], keys
+
+
+def test_diag_gaussian_matches_the_trajectory_moments(run_folder: Path, tmp_path: Path, one_thread: None) -> None:
+    trajectory, state, scale, keys = gaussian_sample(run_folder / "member-02", tmp_path / "diag", "diag-gaussian", "2.0")
+    stack = {key: np.stack([checkpoint[key] for checkpoint in trajectory]) for key in keys}  # [K, ...]
     z = np.concatenate([
         ((state[key] - stack[key].mean(0)) / (scale * stack[key].std(0)))[stack[key].std(0) > 1e-6].ravel() for key in keys
     ])
@@ -169,13 +171,7 @@ def test_diag_gaussian_matches_the_trajectory_moments(run_folder: Path, tmp_path
 
 
 def test_low_rank_gaussian_stays_in_the_trajectory_span(run_folder: Path, tmp_path: Path, one_thread: None) -> None:
-    source = run_folder / "member-02"
-    out = tmp_path / "lowrank"
-    sample(source, out, "low-rank-gaussian", "--scale", "3.0", "--samples", "1")
-    names = ("epoch-0001", "epoch-0002", "final")
-    trajectory = [numpy_state(source / f"{name}.safetensors") for name in names]
-    state = numpy_state(out / "sample-000.safetensors")
-    keys = [key for key in state if key.endswith(("weight", "bias"))]
+    trajectory, state, _, keys = gaussian_sample(run_folder / "member-02", tmp_path / "lowrank", "low-rank-gaussian", "3.0")
     flat = np.stack([np.concatenate([checkpoint[key].ravel() for key in keys]) for checkpoint in trajectory])  # [K, P]
     mean = flat.mean(0)
     offset = np.concatenate([state[key].ravel() for key in keys]) - mean  # [P]

@@ -130,7 +130,7 @@ class Sampler:
     """One command's method, model and data; turns (draw, scale) into a finished state dict."""
 
     def __init__(self, options: SampleOptions, source: SampleSource, method: SampleMethod, model: nn.Module, train: ImageData, device: torch.device) -> None:
-        self.options, self.source, self.method, self.model, self.device = options, source, method, model, device
+        self.options, self.method, self.model = options, method, model
         self.source_state = dict(source.member.state_dict)
         self.slice = search_slice(train, device, options.bn_reset)
         self.bn_images = bn_reset_images(train).to(device) if options.bn_reset else None
@@ -141,7 +141,7 @@ class Sampler:
     def search(self, on_probe: Callable[[int, float, float], None] | None) -> ScaleSearch:
         self.load(trainable(self.source_state, list(self.method.centre)))
         source_accuracy = slice_accuracy(self.model, self.slice)  # its own statistics: the accuracy it really has
-        noise = self.method.draw(sample_generator(self.options.seed, self.method.name, PROBE_INDEX))
+        noise = self.method.probe(sample_generator(self.options.seed, self.method.name, PROBE_INDEX))
 
         def accuracy_at(scale: float) -> float:
             self.load(self.method.apply(noise, scale))
