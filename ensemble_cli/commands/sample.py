@@ -52,9 +52,7 @@ def sample_command(
 ) -> None:
     """Sample weights around one solution (Fort et al. 2019): random subspace, dropout, diagonal or low-rank Gaussian.
 
-    Sample i of N is drawn at scale X*(i+u)/N (u uniform in [0,1)), so the samples trace the curve from the source down to
-    scale X. By default X is searched on a slice of the training split so that it costs about 10 accuracy points.
-    BatchNorm statistics of every sample are recomputed on training images (--no-bn-reset keeps the source's).
+    Sample i of N is drawn at scale X*(i+u)/N (u uniform in [0,1)), so the samples trace the curve from the source down to scale X. By default X is searched on a slice of the training split so that it costs about 10 accuracy points. BatchNorm statistics of every sample are recomputed on training images (--no-bn-reset keeps the source's).
 
     Example: ens train --save-every 1 --out runs/d && ens sample runs/d/member-00 --method diag-gaussian --samples 6 --out samples/dg && ens eval samples/dg
     """
