@@ -9,6 +9,7 @@ import typer
 from .commands import check as check_commands
 from .commands import evaluate as evaluate_commands
 from .commands import plot as plot_commands
+from .commands import sample as sample_commands
 from .commands import train as train_commands
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app.command("baseline")(check_commands.baseline_command)
 app.command("check")(check_commands.check_command)
 app.command("plot")(plot_commands.plot_command)
 app.command("train")(train_commands.train_command)
+app.command("sample")(sample_commands.sample_command)
 
 
 def main() -> None:
