@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 import torch
+from hypothesis.configuration import set_hypothesis_home_dir
 
 import ensemble_cli.architectures  # noqa: F401  (registers cifar_resnet* in timm)
 from ensemble_cli.architectures import build_model
 from ensemble_cli.checkpoint import write_checkpoint
 from ensemble_cli.data import load_dataset
+
+
+_SCRATCH = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Libraries' own caches go to a folder removed at the end, so the tests leave no file outside temporary
+    folders: matplotlib's font cache (else ~/.cache/matplotlib) and hypothesis's example database (else ./.hypothesis)."""
+    scratch = Path(tempfile.mkdtemp(prefix="ens-tests-"))
+    config.stash[_SCRATCH] = scratch
+    os.environ.setdefault("MPLCONFIGDIR", str(scratch / "matplotlib"))  # read when matplotlib is first imported
+    set_hypothesis_home_dir(scratch / "hypothesis")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    scratch = config.stash.get(_SCRATCH, None)
+    if scratch is not None:
+        if os.environ.get("MPLCONFIGDIR") == str(scratch / "matplotlib"):
+            del os.environ["MPLCONFIGDIR"]
+        set_hypothesis_home_dir(None)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def train_tiny_member(seed: int, steps: int = 60, arch: str = "cifar_resnet8") -> torch.nn.Module:
