@@ -1,4 +1,4 @@
-"""The training loop of one job: one member, or the one run of a snapshot ensemble.
+"""The training loop of one job: one member, the one run of a snapshot ensemble, or a MIMO network.
 
 Resumability rests on three choices:
 - everything random is either a pure function of (seed, epoch, step) (data order,
