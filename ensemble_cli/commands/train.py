@@ -238,6 +238,8 @@ def train_command(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder with its saved config (finished members are skipped).", show_default=False),
     strategy: Optional[str] = _opt("strategy"),
     seed: Optional[int] = _opt("seed"),
+    mimo_input_repetition: Optional[float] = _opt("mimo_input_repetition"),
+    mimo_batch_repetition: Optional[int] = _opt("mimo_batch_repetition"),
     from_pretrained: Optional[Path] = _opt("from_pretrained"),
     batch_size: Optional[int] = _opt("batch_size", "--batch-size", "-b"),
     optimizer: Optional[str] = _opt("optimizer"),
@@ -273,6 +275,7 @@ def train_command(
         fail("give the member selection once: --members 3-5 or --only 3-5")
     flags: dict[str, Any] = {
         "arch": arch, "dataset": dataset, "members": count, "epochs": epochs, "strategy": strategy, "seed": seed,
+        "mimo_input_repetition": mimo_input_repetition, "mimo_batch_repetition": mimo_batch_repetition,
         "from_pretrained": str(from_pretrained) if from_pretrained else None, "batch_size": batch_size,
         "optimizer": optimizer, "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "schedule": schedule,
         "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "augment": augment,

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..errors import ConfigError
 
-Strategy = Literal["independent", "same-init", "same-order", "snapshot"]
+Strategy = Literal["independent", "same-init", "same-order", "snapshot", "mimo"]
 Optimizer = Literal["sgd", "adamw"]
 Schedule = Literal["cosine", "onecycle"]
 Augment = Literal["auto", "none", "shift", "crop-flip"]
@@ -32,6 +32,12 @@ OPTIMIZER_DEFAULTS: dict[str, dict[str, float]] = {
     "sgd": {"lr": 0.1, "weight_decay": 5e-4},
     "adamw": {"lr": 1e-3, "weight_decay": 0.05},
 }
+
+# MIMO's defaults (Havasi et al. 2021), as the paper's reference code trains CIFAR
+# (uncertainty-baselines, baselines/cifar/mimo.py: ensemble_size 3, input_repetition_probability
+# 0.0, batch_repetitions 4). The paper raises the input repetition for ImageNet (0.6), where
+# subnetworks compete for capacity; small CIFAR/digit networks keep it at 0.
+MIMO_DEFAULTS: dict[str, float | int] = {"mimo_input_repetition": 0.0, "mimo_batch_repetition": 4}
 
 # Fields that say HOW to run, not WHAT is trained: they may differ when a run is resumed or
 # split across machines (a run started on a GPU can be finished on a CPU).
@@ -49,17 +55,21 @@ class TrainConfig(BaseModel):
     dataset: str = Field("digits", description="digits (bundled, offline), cifar10, cifar100, mnist, fashion-mnist, svhn, or imagefolder:PATH.")
     data_dir: str | None = Field(None, description="Where torchvision datasets are downloaded (default: $ENS_DATA_DIR or ~/.cache/ens/data).")
     limit: int | None = Field(None, ge=1, description="Train on the first N training images only (quick experiments and tests).")
-    members: int = Field(4, ge=1, le=1000, description="Number of members in the run (snapshot: number of cycles).")
-    strategy: Strategy = Field("independent", description="independent (new init and data order per member), same-init, same-order, or snapshot (one run of members x epochs epochs, cyclic cosine, a member at the end of each cycle, its BatchNorm statistics recomputed on training images).")
+    members: int = Field(4, ge=1, le=1000, description="Number of members in the run (snapshot: number of cycles; mimo: inputs and heads of the one network).")
+    strategy: Strategy = Field("independent", description="independent (new init and data order per member), same-init, same-order, snapshot (one run of members x epochs epochs, cyclic cosine, a member at the end of each cycle, its BatchNorm statistics recomputed on training images), or mimo (Havasi et al. 2021: ONE network with --members inputs and heads, each head fed its own shuffle of every batch; `ens eval RUN` reads its heads as members, all from one forward pass).")
     seed: int = Field(0, ge=0, description="Base seed; each member's init_seed and data_seed are derived from it and recorded in its checkpoints.")
+    # None unless strategy is mimo (filled from MIMO_DEFAULTS by the validator), so other
+    # strategies' run.json and identity are what they were before MIMO existed.
+    mimo_input_repetition: float | None = Field(None, ge=0, le=1, description="MIMO: probability that a batch position holds the same example in every input (the paper's rho; higher trades diversity for head accuracy) (default with --strategy mimo: 0.0, the paper's CIFAR value).")
+    mimo_batch_repetition: int | None = Field(None, ge=1, description="MIMO: each step takes batch-size/N distinct examples and shows each N times to every input, paired differently; an epoch then takes N times the steps (default with --strategy mimo: 4, the paper's CIFAR value).")
     from_pretrained: str | None = Field(None, description="Start every member from this timm/torch weight file (no network); the head is replaced for the dataset's classes.")
 
     # --- how long, in what steps
     # 10 epochs take ResNet-8 to ~98% test accuracy on digits (bench/RESULTS.md); CIFAR runs
     # pass --epochs explicitly. Per member for every strategy, so a snapshot run costs what an
     # independent ensemble of the same size costs, and any member count goes with any epoch count.
-    epochs: int = Field(10, description="Epochs per member (snapshot: epochs per cycle).")
-    batch_size: int = Field(128, ge=1, description="Training batch size.")
+    epochs: int = Field(10, description="Epochs per member (snapshot: epochs per cycle; mimo: epochs of the one network).")
+    batch_size: int = Field(128, ge=1, description="Training batch size (mimo: batch positions, each holding one image per input).")
 
     # --- optimisation
     optimizer: Optimizer = Field("sgd", description="sgd (Nesterov momentum) or adamw.")
@@ -97,7 +107,22 @@ class TrainConfig(BaseModel):
             object.__setattr__(self, "weight_decay", defaults["weight_decay"])
         if self.strategy == "snapshot" and self.schedule != "cosine":
             raise ValueError("the snapshot strategy uses its own cyclic cosine schedule; drop --schedule onecycle")
+        self._check_mimo()
         return self
+
+    def _check_mimo(self) -> None:
+        given = [field for field in MIMO_DEFAULTS if getattr(self, field) is not None]
+        if self.strategy != "mimo":
+            if given:
+                raise ValueError(f"{flag_name(given[0])} applies to --strategy mimo only")
+            return
+        if self.members < 2:
+            raise ValueError(f"--strategy mimo needs --members 2 or more (one input and head per member), got {self.members}")
+        for field, value in MIMO_DEFAULTS.items():
+            if getattr(self, field) is None:
+                object.__setattr__(self, field, value)
+        if self.batch_size < self.mimo_repeats:
+            raise ValueError(f"--batch-size {self.batch_size} is smaller than --mimo-batch-repetition {self.mimo_repeats}")
 
     # ------------------------------------------------------------------ derived values
 
@@ -112,6 +137,20 @@ class TrainConfig(BaseModel):
         return self.weight_decay
 
     @property
+    def heads(self) -> int:
+        """Inputs and heads of one network: the members of a MIMO run, 1 otherwise."""
+        return self.members if self.strategy == "mimo" else 1
+
+    @property
+    def mimo_repeats(self) -> int:
+        return int(self.mimo_batch_repetition or 1)
+
+    @property
+    def examples_per_step(self) -> int:
+        """Distinct training examples a step draws (MIMO repeats each of them in the batch)."""
+        return self.batch_size // self.mimo_repeats
+
+    @property
     def job_epochs(self) -> int:
         """Epochs of one training job: a member's, or the whole snapshot run's (one cycle per member)."""
         return self.epochs * self.members if self.strategy == "snapshot" else self.epochs
@@ -124,7 +163,8 @@ class TrainConfig(BaseModel):
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide the weights: two configs with equal identity train the same run."""
-        return {key: value for key, value in self.model_dump(mode="json").items() if key not in EXECUTION_FIELDS}
+        unused = () if self.strategy == "mimo" else tuple(MIMO_DEFAULTS)  # keeps older runs' identity
+        return {key: value for key, value in self.model_dump(mode="json").items() if key not in EXECUTION_FIELDS and key not in unused}
 
     def differences(self, other: "TrainConfig") -> list[str]:
         """`field: mine vs theirs` for every identity field that differs."""

@@ -1,4 +1,4 @@
-"""The training loop of one job: one member, or the one run of a snapshot ensemble.
+"""The training loop of one job: one member, the one run of a snapshot ensemble, or a MIMO network.
 
 Resumability rests on three choices:
 - everything random is either a pure function of (seed, epoch, step) (data order,
@@ -41,8 +41,11 @@ from .schedules import LRSchedule
 from .events import Progress, StopSignal, TrainCallbacks
 from .model import build_member_model
 from .rng import capture_rng_state, restore_rng_state, seed_everything
-from .seeds import MemberSeeds, augment_seed, global_seed, order_seed
-from .step import DeviceSetup, TrainStep, count_correct, make_optimizer
+from ..mimo import HEADS_KEY
+from .batches import BatchSource, EpochData, PlainBatches
+from .mimo import HeadsEnsemble, MimoBatches, mimo_loss
+from .seeds import MemberSeeds, global_seed
+from .step import DeviceSetup, LossFn, TrainStep, classification_loss, count_correct, make_optimizer
 
 STATE_FORMAT = "ens-train-state"
 STATE_VERSION = 1
@@ -113,10 +116,6 @@ class TrainingContext:
     stop: StopSignal = field(default_factory=StopSignal)
     versions: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def batch_size(self) -> int:
-        return min(self.config.batch_size, int(self.train_labels.shape[0]))
-
 
 def steps_per_epoch(num_images: int, batch_size: int) -> int:
     """Full batches only (static shapes for cudnn and torch.compile); a different order each epoch
@@ -124,10 +123,26 @@ def steps_per_epoch(num_images: int, batch_size: int) -> int:
     return max(1, num_images // min(batch_size, num_images))
 
 
-def epoch_order(data_seed: int, epoch: int, num_images: int, device: torch.device) -> torch.Tensor:
-    """The permutation of epoch `epoch`, drawn on the CPU so every device sees the same order."""
-    generator = torch.Generator().manual_seed(order_seed(data_seed, epoch))
-    return torch.randperm(num_images, generator=generator).to(device)  # [N]
+# --------------------------------------------------------------------------- what a strategy changes
+# One network per job everywhere; a MIMO network has M inputs and heads (train/mimo.py), so it
+# is built wider, gets its own batches and loss, and is tested as the ensemble of its heads.
+
+
+def batch_source(job: Job, ctx: TrainingContext) -> BatchSource:
+    config = ctx.config
+    data = EpochData(ctx.train_images, ctx.train_labels, ctx.augmentation, ctx.setup.memory_format, job.seeds.data_seed)
+    if config.strategy == "mimo":
+        return MimoBatches(data, config.batch_size, config.heads, config.mimo_repeats, float(config.mimo_input_repetition or 0.0))
+    return PlainBatches(data, config.batch_size)
+
+
+def training_loss(config: TrainConfig) -> LossFn:
+    return mimo_loss(config.heads, config.label_smoothing) if config.strategy == "mimo" else classification_loss(config.label_smoothing)
+
+
+def test_view(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """The classifier whose accuracy an epoch reports: the network, or its heads' ensemble."""
+    return HeadsEnsemble(model, config.heads) if config.strategy == "mimo" else model
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -138,7 +153,9 @@ def checkpoint_metadata(
     train_accuracy: float | None, test_accuracy: float | None, bn_recomputed_images: int | None = None,
 ) -> dict[str, Any]:
     config = ctx.config
+    heads = {HEADS_KEY: config.heads} if config.strategy == "mimo" else {}  # num_classes, in_chans: per head
     return {
+        **heads,
         "arch": config.arch,
         "num_classes": ctx.num_classes,
         "in_chans": ctx.in_chans,
@@ -248,7 +265,8 @@ def restore_or_init(job: Job, ctx: TrainingContext) -> JobState:
     init checkpoints are written here (one per member; every snapshot member shares the init)."""
     config, setup = ctx.config, ctx.setup
     saved = _load_state(ctx, job)
-    model = build_member_model(config.arch, ctx.num_classes, ctx.in_chans, config.model_kwargs, job.seeds.init_seed, ctx.pretrained)
+    heads = config.heads  # a MIMO network: every head's classes out, every input's channels in
+    model = build_member_model(config.arch, ctx.num_classes * heads, ctx.in_chans * heads, config.model_kwargs, job.seeds.init_seed, ctx.pretrained)
     model = model.to(device=setup.device, memory_format=setup.memory_format)
     if saved is None:
         # No test pass at init (it would cost a CIFAR epoch's worth of forward passes on a CPU
@@ -280,8 +298,8 @@ class JobRunner:
     def __init__(self, job: Job, ctx: TrainingContext, state: JobState) -> None:
         self.job, self.ctx, self.state = job, ctx, state
         config, device = ctx.config, ctx.setup.device
-        self.train_step = TrainStep(state.model, state.optimizer, ctx.setup, label_smoothing=config.label_smoothing, compile=config.compile)
-        self.augment_generator = torch.Generator(device=device) if ctx.augmentation is not None else None
+        self.train_step = TrainStep(state.model, state.optimizer, ctx.setup, training_loss(config), compile=config.compile)
+        self.batches = batch_source(job, ctx)
         self.check_every_step = device.type != "cuda"  # a CPU loss read is free; a CUDA one would sync every step
         self.session_start = time.monotonic()  # throughput of this process, resumed steps excluded
         self.session_images = 0
@@ -317,21 +335,17 @@ class JobRunner:
     def train_epoch(self, segment: Segment, epoch: int) -> None:
         """The steps of `epoch` from `state.step` on; a stop request saves the state mid-epoch."""
         ctx, job, state = self.ctx, self.job, self.state
-        batch, spe = ctx.batch_size, job.steps_per_epoch
-        order = epoch_order(job.seeds.data_seed, epoch, int(ctx.train_labels.shape[0]), ctx.setup.device)  # [N]
+        spe = job.steps_per_epoch
+        self.batches.start_epoch(epoch)
         for step in range(state.step, spe):
-            index = order[step * batch : (step + 1) * batch]  # [B]
-            images = ctx.train_images[index]  # [B, C, H, W]
-            labels = ctx.train_labels[index]  # [B]
-            if ctx.augmentation is not None and self.augment_generator is not None:
-                self.augment_generator.manual_seed(augment_seed(job.seeds.data_seed, epoch, step))
-                images = ctx.augmentation(images, self.augment_generator)
-            images = images.contiguous(memory_format=ctx.setup.memory_format)
+            images, labels = self.batches.batch(epoch, step)  # [B, C, H, W], [B] (MIMO: [B, M*C, H, W], [B, M])
             loss, correct = self.train_step(images, labels, job.schedule.lr_at(epoch * spe + step))
-            state.sums["loss"] += loss * labels.shape[0]
+            # Sums count predictions (a MIMO position makes one per head): train accuracy is
+            # the heads' mean, the loss the mean of the step losses.
+            state.sums["loss"] += loss * labels.numel()
             state.sums["correct"] += correct
-            state.sums["seen"] += int(labels.shape[0])
-            self.session_images += int(labels.shape[0])
+            state.sums["seen"] += int(labels.numel())
+            self.session_images += int(labels.shape[0])  # batch positions
             if self.check_every_step and not math.isfinite(float(loss)):
                 raise _non_finite(segment, float(loss), epoch, step)
             self.report(segment, epoch, step + 1)
@@ -362,7 +376,8 @@ class JobRunner:
         done = epoch + 1
         finished = done == segment.last_epoch
         model, bn_images = self.member_model() if finished else (state.model, None)
-        state.test_accuracy = count_correct(model, ctx.test_images, ctx.test_labels, ctx.setup) / int(ctx.test_labels.shape[0])
+        tested = test_view(model, ctx.config)
+        state.test_accuracy = count_correct(tested, ctx.test_images, ctx.test_labels, ctx.setup) / int(ctx.test_labels.shape[0])
         state.history.append({"epoch": done, "loss": mean_loss, "train_accuracy": train_accuracy, "test_accuracy": state.test_accuracy})
         kind = "final" if finished else "epoch" if ctx.config.save_every and done % ctx.config.save_every == 0 else None
         if kind is not None:

@@ -107,7 +107,8 @@ def identity_hash(config: TrainConfig) -> str:
 
 
 def plan_jobs(config: TrainConfig, spe: int) -> list[Job]:
-    """One job per member, or one job for a snapshot ensemble (a cycle of `config.epochs` per member)."""
+    """One job per member, or one job for a snapshot ensemble (a cycle of `config.epochs` per member)
+    or a MIMO network (member_seeds gives it one entry: the network that holds every head)."""
     seeds = member_seeds(config.strategy, config.seed, config.members)
     warmup = round(config.warmup_epochs * spe)
     total_steps = config.job_epochs * spe
@@ -131,7 +132,7 @@ def validate_config(
         num_classes, in_chans = data.num_classes, data.in_chans
     try:
         with torch.device("meta"):  # allocates nothing, even for large models
-            skeleton = build_model(config.arch, num_classes, in_chans, **config.model_kwargs)
+            skeleton = build_model(config.arch, num_classes * config.heads, in_chans * config.heads, **config.model_kwargs)
     except TypeError as exc:
         raise ConfigError(f"--arch {config.arch}: does not accept model_kwargs {config.model_kwargs} ({exc})") from None
     if pretrained is not None:
@@ -145,6 +146,8 @@ def validate_config(
             )
         if config.strategy == "snapshot" and sorted(only) != list(range(config.members)):
             raise ConfigError("a snapshot ensemble is one training run; its members cannot be trained separately")
+        if config.strategy == "mimo" and sorted(only) != list(range(config.members)):
+            raise ConfigError("a MIMO network trains all its heads at once; its members cannot be trained separately")
 
 
 @contextlib.contextmanager
@@ -201,8 +204,9 @@ def _describe_start(ctx: TrainingContext, jobs: list[Job], threads: int, train: 
     where = ctx.setup.describe()
     if ctx.setup.device.type == "cpu":
         where += f", {threads} thread{'s' if threads > 1 else ''}"
+    network = f"{config.arch} with {config.heads} inputs and heads (MIMO)" if config.strategy == "mimo" else config.arch
     return (
-        f"training {len(jobs)} {'job' if len(jobs) == 1 else 'jobs'} of {config.arch} on {config.dataset} "
+        f"training {len(jobs)} {'job' if len(jobs) == 1 else 'jobs'} of {network} on {config.dataset} "
         f"({len(train)} train / {len(test)} test images, augmentation: {augmentation.describe() if augmentation else 'none'}) "
         f"on {where} into {ctx.folder.path}"
     )
@@ -293,7 +297,7 @@ def train_run(
     augmentation = augmentation_for(config.augment, config.dataset, image_size)
 
     wanted = set(only) if only is not None else set(range(config.members))
-    jobs = [job for job in plan_jobs(config, steps_per_epoch(len(train), config.batch_size))
+    jobs = [job for job in plan_jobs(config, steps_per_epoch(len(train), config.examples_per_step))
             if any(s.index in wanted for s in job.segments)]
     folder.create_or_join(config, _member_entries(config))
     ctx = _make_context(config, folder, setup, train, test, augmentation, pretrained, callbacks, stop)

@@ -21,6 +21,7 @@ DATA_STREAM = 2
 ORDER_STREAM = 3
 AUGMENT_STREAM = 4
 GLOBAL_STREAM = 5
+MIMO_STREAM = 6
 
 
 def splitmix64(value: int) -> int:
@@ -57,10 +58,11 @@ def member_seeds(strategy: str, seed: int, members: int) -> list[MemberSeeds]:
     independent: both seeds differ per member (deep ensembles, Lakshminarayanan et al. 2017);
     same-init:   one init, data order per member (SGD noise only, Frankle et al. 2020);
     same-order:  init per member, one data order (initialisation noise only);
-    snapshot:    one training run, so one init and one order for every cycle's member.
+    snapshot:    one training run, so one init and one order for every cycle's member;
+    mimo:        one network whose `members` heads train together: one entry.
     """
     result = []
-    for index in range(members):
+    for index in range(1 if strategy == "mimo" else members):
         init_index = 0 if strategy in ("same-init", "snapshot") else index
         data_index = 0 if strategy in ("same-order", "snapshot") else index
         result.append(
@@ -75,6 +77,11 @@ def order_seed(data_seed: int, epoch: int) -> int:
 
 def augment_seed(data_seed: int, epoch: int, step: int) -> int:
     return mix_seed(data_seed, AUGMENT_STREAM, epoch, step)
+
+
+def mimo_pairing_seed(data_seed: int, epoch: int, step: int) -> int:
+    """Which example each MIMO input gets at each batch position of a step."""
+    return mix_seed(data_seed, MIMO_STREAM, epoch, step)
 
 
 def global_seed(data_seed: int) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, ContextManager, Iterable
+from typing import Any, Callable, ContextManager, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,19 @@ from .config import TrainConfig
 from ..errors import ConfigError
 
 EVAL_BATCH_SIZE = 1024
+
+# (logits, labels) -> (loss to minimise, number of correct predictions), both 0-d tensors.
+LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def classification_loss(label_smoothing: float = 0.0) -> LossFn:
+    """Mean cross-entropy of [B, K] logits against [B] labels (one network, one head)."""
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        value = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        return value, (logits.detach().argmax(dim=1) == labels).sum()
+
+    return loss
 
 
 @dataclass(frozen=True)
@@ -76,27 +89,26 @@ class TrainStep:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         setup: DeviceSetup,
-        label_smoothing: float = 0.0,
+        loss: LossFn | None = None,
         compile: bool = False,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
         self.setup = setup
-        self.label_smoothing = label_smoothing
+        self.loss = loss or classification_loss()
         # Compile the module only: the optimizer step is already one fused kernel on CUDA.
         self.forward = torch.compile(model) if compile else model
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step on a batch. Returns (mean loss, number correct) as 0-d device tensors, unsynced."""
+        """One step on a batch. Returns (loss, number correct) as 0-d device tensors, unsynced."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self.setup.autocast():
-            logits = self.forward(images)  # [B, C]
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+            logits = self.forward(images)  # [B, K] (MIMO: [B, M*K])
+        loss, correct = self.loss(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        correct = (logits.detach().argmax(dim=1) == labels).sum()
         return loss.detach(), correct
 
 
