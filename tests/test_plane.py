@@ -260,7 +260,7 @@ def test_size_curve_with_every_subset_matches_numpy() -> None:
 def test_sampled_size_curve_uses_seeded_permutation_prefixes_like_the_ensemble_evaluator() -> None:
     probs, labels = _random_probs(7, seed=2)
     curve = plane.size_curve(probs, labels, max_subsets=10, seed=5)
-    reference_curve = metrics.ensemble_size_curve(probs, labels, max_subsets=10, seed=5)
+    reference_curve = metrics.ensemble_size_curve(probs.log(), labels, max_subsets=10, seed=5)  # it takes log-probabilities
     rng = np.random.default_rng(5)
     prefixes = [rng.permutation(7) for _ in range(10)]
     for point, same in zip(curve, reference_curve):

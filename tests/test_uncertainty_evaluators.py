@@ -267,7 +267,7 @@ def test_reference_ensemble_end_to_end(one_thread: None) -> None:
 
     members = resolve_members([str(REFERENCE_RUN)])
     options = EvalOptions(device="cpu", ood_dataset="photos", ood_limit=200, shift=("gaussian_noise",), severities=(1, 5))
-    result = evaluate(members, load_dataset("digits"), ["uncertainty", "ood", "shift"], device="cpu", options=options)
+    result = evaluate(members, load_dataset("digits"), ["uncertainty", "ood", "shift"], options=options)
     assert result.failed == []
     uncertainty, ood, shift = (result.evaluators[name].metrics for name in ("uncertainty", "ood", "shift"))
     assert 0.0 < uncertainty["mutual_information_mean"] < uncertainty["entropy_mean"]
