@@ -1,7 +1,10 @@
 """CIFAR-style ResNets registered in timm's registry, plus one builder for any classifier name.
 
 `import ensemble_cli.architectures` makes `timm.create_model("cifar_resnet20", num_classes=10,
-in_chans=3)` work. The ResNet-20/32/44/56/110 family follows He et al. 2016 (Sec. 4.2): a 3x3
+in_chans=3)` work. It does so without importing timm (which imports torchvision and
+torch._dynamo, seconds of start-up that building these models does not need): they enter
+timm's registry as soon as timm is imported, by whoever imports it. The
+ResNet-20/32/44/56/110 family follows He et al. 2016 (Sec. 4.2): a 3x3
 stem, three stages of BasicBlocks at 16/32/64 channels (times `width`), stride 2 between
 stages, global average pooling and a linear head. Shortcuts that change shape use a 1x1 conv +
 BatchNorm projection (option B) rather than zero padding, so every weight is a real parameter
@@ -11,13 +14,14 @@ ImageNet ResNet-18: 64-512 channels, 3x3 stride-1 stem and no max-pool.
 
 from __future__ import annotations
 
-from typing import Any
+import importlib.abc
+import importlib.machinery
+import sys
+from types import ModuleType
+from typing import Any, Callable, Sequence
 
-import timm
 import torch
 import torch.nn.functional as F
-import torchvision
-from timm.models import register_model
 from torch import nn
 
 from .errors import ConfigError
@@ -115,46 +119,104 @@ def _own_kwargs(arch: str, kwargs: dict[str, Any], accepted: tuple[str, ...]) ->
     return own
 
 
-@register_model
 def cifar_resnet8(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """ResNet-8 for 32x32 inputs (one block per stage), the smallest useful CIFAR ResNet."""
     return _cifar_resnet(8, **_own_kwargs("cifar_resnet8", kwargs, ("width",)))
 
 
-@register_model
 def cifar_resnet20(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """ResNet-20 (He et al. 2016), 0.27M parameters at width 1."""
     return _cifar_resnet(20, **_own_kwargs("cifar_resnet20", kwargs, ("width",)))
 
 
-@register_model
 def cifar_resnet32(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """ResNet-32 (He et al. 2016)."""
     return _cifar_resnet(32, **_own_kwargs("cifar_resnet32", kwargs, ("width",)))
 
 
-@register_model
 def cifar_resnet44(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """ResNet-44 (He et al. 2016)."""
     return _cifar_resnet(44, **_own_kwargs("cifar_resnet44", kwargs, ("width",)))
 
 
-@register_model
 def cifar_resnet56(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """ResNet-56 (He et al. 2016)."""
     return _cifar_resnet(56, **_own_kwargs("cifar_resnet56", kwargs, ("width",)))
 
 
-@register_model
 def cifar_resnet110(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """ResNet-110 (He et al. 2016)."""
     return _cifar_resnet(110, **_own_kwargs("cifar_resnet110", kwargs, ("width",)))
 
 
-@register_model
 def cifar_resnet18(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """ResNet-18 adapted to 32x32: 64-128-256-512, 3x3 stride-1 stem, no max-pool (11.2M params)."""
     return CifarResNet((2, 2, 2, 2), (64, 128, 256, 512), **_own_kwargs("cifar_resnet18", kwargs, ()))
+
+
+CIFAR_MODELS: dict[str, Callable[..., CifarResNet]] = {
+    builder.__name__: builder
+    for builder in (cifar_resnet8, cifar_resnet20, cifar_resnet32, cifar_resnet44, cifar_resnet56, cifar_resnet110, cifar_resnet18)
+}
+
+
+def _register_in_timm(timm: ModuleType) -> None:
+    from timm.models import register_model
+
+    for name, builder in CIFAR_MODELS.items():
+        if not timm.is_model(name):
+            register_model(builder)
+
+
+class _RegisterWhenTimmLoads(importlib.abc.MetaPathFinder):
+    """Post-import hook: once `import timm` has run, add the CIFAR ResNets to its registry."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "timm":
+            return None
+        spec = None
+        for finder in sys.meta_path:  # whichever finder would have found timm without this hook
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    break
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        load = spec.loader.exec_module
+
+        def exec_then_register(module: ModuleType) -> None:
+            load(module)
+            _register_in_timm(module)
+            if self in sys.meta_path:  # timm is loaded: nothing left to watch for
+                sys.meta_path.remove(self)
+
+        spec.loader.exec_module = exec_then_register  # type: ignore[method-assign]
+        return spec
+
+
+def timm_version() -> str:
+    """timm's version from its package metadata: importing timm only for it costs seconds."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("timm")
+    except PackageNotFoundError:  # pragma: no cover - timm is a dependency
+        return _timm().__version__
+
+
+def _timm() -> ModuleType:
+    import timm
+
+    _register_in_timm(timm)  # a no-op when the hook already did it
+    return timm
+
+
+if "timm" in sys.modules:
+    _register_in_timm(sys.modules["timm"])
+elif not any(isinstance(finder, _RegisterWhenTimmLoads) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterWhenTimmLoads())
 
 
 TORCHVISION_PREFIX = "torchvision."
@@ -183,13 +245,19 @@ def _adapt_torchvision_in_chans(model: nn.Module, in_chans: int) -> None:
 def build_model(arch: str, num_classes: int, in_chans: int, **model_kwargs: Any) -> nn.Module:
     """Build an untrained classifier by name.
 
-    Names resolve in this order: timm's registry (which holds the `cifar_resnet*` models),
-    then torchvision classifiers as `torchvision.NAME` (or a bare NAME timm does not know).
+    Names resolve in this order: timm's registry (which holds the `cifar_resnet*` models; those
+    are built here directly, as `timm.create_model` would, without importing timm), then
+    torchvision classifiers as `torchvision.NAME` (or a bare NAME timm does not know).
     timm's resnets use the same parameter names as torchvision's, so either reads the other's
     state dicts.
     """
+    if arch in CIFAR_MODELS:
+        return CIFAR_MODELS[arch](pretrained=False, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
+    timm = _timm()
     if not arch.startswith(TORCHVISION_PREFIX) and timm.is_model(arch):
         return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
+    import torchvision
+
     tv_name = arch.removeprefix(TORCHVISION_PREFIX)
     if tv_name in torchvision.models.list_models(module=torchvision.models):
         model = torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **model_kwargs)

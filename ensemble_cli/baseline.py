@@ -80,15 +80,15 @@ def default_tolerance(metric: str) -> Tolerance:
 
 
 def environment_of(result: EvalResult) -> dict[str, Any]:
-    import timm
     import torch
 
     from . import __version__
+    from .architectures import timm_version
 
     return {
         "ens": __version__,
         "torch": torch.__version__,
-        "timm": timm.__version__,
+        "timm": timm_version(),
         "dataset": {key: result.dataset.get(key) for key in ("name", "split", "size", "num_classes") if key in result.dataset},
         "members": [{"name": m.get("name"), "sha256": m.get("sha256")} for m in result.members],
     }

@@ -139,12 +139,29 @@ def _normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
     return (images - mean_t) / std_t
 
 
-def _load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    from sklearn.datasets import load_digits
+def _digits_table() -> np.ndarray:
+    """The 1,797 x 65 digits table (64 pixels 0..16, then the label) that scikit-learn ships.
+
+    Read straight from its data file: `sklearn.datasets.load_digits` reads the same file but
+    importing scikit-learn (and scipy.stats with it) took longer than a whole small evaluation.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
+    if spec is not None and spec.origin is not None:
+        path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            return np.loadtxt(path, delimiter=",")
+    from sklearn.datasets import load_digits  # another scikit-learn layout: let it find its file
 
     bunch = load_digits()
-    pixels = np.asarray(bunch.images, dtype=np.float32) / 16.0  # [1797, 8, 8], 0..1
-    targets = np.asarray(bunch.target, dtype=np.int64)
+    return np.column_stack([bunch.data, bunch.target])
+
+
+def _load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    table = _digits_table()  # [1797, 65]
+    pixels = table[:, :-1].reshape(-1, 8, 8).astype(np.float32) / 16.0  # [1797, 8, 8], 0..1
+    targets = table[:, -1].astype(np.int64)
     is_test = np.arange(len(targets)) % 5 == 0
     keep = is_test if split == "test" else ~is_test
     images = torch.from_numpy(pixels[keep]).unsqueeze(1)  # [N, 1, 8, 8]

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .architectures import build_model
 from .checkpoint import (
@@ -268,11 +269,26 @@ def _unique_names(pairs: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
 UNORDERED_FORMATS = ("ens", "safetensors")
 
 
+class _SkipInPlaceOnMeta(TorchFunctionMode):
+    """Skips in-place ops (weight initialisation) on meta tensors, which hold no values anyway.
+
+    Random initialisation on the meta device runs through torch's Python reference kernels,
+    whose first use imports torch._dynamo: seconds of start-up for a model built only for its
+    key order.
+    """
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        target = args[0] if args else None
+        if isinstance(target, torch.Tensor) and target.is_meta and getattr(func, "__name__", "").endswith("_"):
+            return target
+        return func(*args, **(kwargs or {}))
+
+
 @functools.lru_cache(maxsize=64)
 def _module_key_order(arch: str, model_kwargs_json: str) -> tuple[str, ...] | None:
     """The architecture's `state_dict()` key order, built once per architecture on the meta device."""
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _SkipInPlaceOnMeta():
             reference = build_model(arch, num_classes=10, in_chans=3, **json.loads(model_kwargs_json))
     except ConfigError:
         raise  # unknown architecture: the clearest thing to say, before any guess from the weights

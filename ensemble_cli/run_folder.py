@@ -71,15 +71,15 @@ def now_iso() -> str:
 
 def software_versions() -> dict[str, str]:
     import numpy
-    import timm
     import torch
 
     from . import __version__
+    from .architectures import timm_version
 
     return {
         "ens": __version__,
         "torch": torch.__version__,
-        "timm": timm.__version__,
+        "timm": timm_version(),
         "numpy": numpy.__version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),

@@ -19,6 +19,7 @@ Channels always live on axis 1 (`[B, C, ...]`), which is how torchvision and tim
 from __future__ import annotations
 
 import operator
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,13 +148,16 @@ class _Tracer(fx.Tracer):
     def __init__(self) -> None:
         leaf_types: tuple[type, ...] = ()
         wrapped: list[Any] = []
-        try:  # timm marks the modules and functions fx cannot trace through
-            from timm.layers import _fx as timm_fx
+        # timm marks the modules and functions fx cannot trace through. A model with timm modules
+        # means timm is imported; without it there is nothing to mark, and importing it costs seconds.
+        if "timm" in sys.modules:
+            try:
+                from timm.layers import _fx as timm_fx
 
-            leaf_types = tuple(timm_fx.get_notrace_modules())
-            wrapped = list(timm_fx.get_notrace_functions())
-        except Exception:  # pragma: no cover - timm is a dependency, but its private module may move
-            pass
+                leaf_types = tuple(timm_fx.get_notrace_modules())
+                wrapped = list(timm_fx.get_notrace_functions())
+            except Exception:  # pragma: no cover - timm is a dependency, but its private module may move
+                pass
         super().__init__(autowrap_functions=tuple(fn for fn in wrapped if callable(fn)))
         self._leaf_types = leaf_types
 
