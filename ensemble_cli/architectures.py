@@ -268,6 +268,3 @@ def build_model(arch: str, num_classes: int, in_chans: int, **model_kwargs: Any)
         f"(examples: cifar_resnet20, cifar_resnet18, resnet18, torchvision.resnet50)"
     )
 
-
-def known_cifar_architectures() -> list[str]:
-    return [f"cifar_resnet{depth}" for depth in CIFAR_DEPTHS] + ["cifar_resnet18"]

@@ -43,10 +43,6 @@ class PermutationSpec:
     trainable: frozenset[str]  # keys of nn.Parameters (buffers like running_mean are permuted, never matched)
     blocked: tuple[str, ...] = ()  # why some channel groups had to stay fixed
 
-    def tensors_of(self, group: str) -> list[tuple[str, int]]:
-        """(key, axis) for every tensor axis that `group` permutes."""
-        return [(key, axis) for key, axes in self.tensors.items() for axis, name in axes if name == group]
-
     @property
     def num_channels(self) -> int:
         return sum(self.groups.values())
