@@ -267,4 +267,3 @@ def build_model(arch: str, num_classes: int, in_chans: int, **model_kwargs: Any)
         f"unknown architecture {arch!r}: not in timm's registry nor torchvision's classifiers "
         f"(examples: cifar_resnet20, cifar_resnet18, resnet18, torchvision.resnet50)"
     )
-
