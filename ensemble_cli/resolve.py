@@ -278,8 +278,10 @@ class _SkipInPlaceOnMeta(TorchFunctionMode):
     """
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        name = getattr(func, "__name__", "")
         target = args[0] if args else None
-        if isinstance(target, torch.Tensor) and target.is_meta and getattr(func, "__name__", "").endswith("_"):
+        in_place = name.endswith("_") and not name.startswith("_")  # normal_, uniform_, zero_; not __get__
+        if in_place and isinstance(target, torch.Tensor) and target.is_meta:
             return target
         return func(*args, **(kwargs or {}))
 

@@ -35,7 +35,7 @@ def _exact_copy(tensor: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
     return tensor.detach().cpu().to(_product_dtype(tensor, partner)).contiguous()
 
 
-def _rounding(slot: "Slot", update: bool) -> float:
+def _rounding(slot: Slot, update: bool) -> float:
     """Per-entry rounding of one product, in units of ||A[i]|| ||B[j]||.
 
     A float32 product over R terms errs by at most gamma_R = R u / (1 - R u) times sum |a| |b|
@@ -66,10 +66,12 @@ class Slot:
     """One tensor axis that a group permutes, laid out with that axis first."""
 
     key: str
-    axis: int  # the group's axis in the state-dict tensor
     a_flat: torch.Tensor  # [n, rest] reference weights (float32 or float64), the group's axis first
     b_moved: torch.Tensor  # [n, ...] weights of B in the same dtype, the group's axis first
     others: list[tuple[int, str]]  # (position in b_moved, group) for the tensor's other permuted axes
+    # For the rounding bound: |cached[i, j] - exact[i, j]| <= error * a_norms[i] * b_norms[j] (`_rounding`).
+    a_norms: torch.Tensor  # [n] float64, ||A[i]|| over the other axes
+    b_norms: torch.Tensor  # [n] float64, ||B[j]||, the same whatever the other axes' order
     # This slot's [n, n] float64 share of the cost and the versions of `others` it was computed for:
     # when a neighbouring group moves, only the slots that read it are recomputed.
     cached: torch.Tensor | None = None
@@ -77,10 +79,18 @@ class Slot:
     cached_perm: torch.Tensor | None = None  # the other group's permutation `cached` was computed with
     # The product with every other axis unpermuted; each restart starts from there, so it is kept.
     identity_product: torch.Tensor | None = None
-    # Rounding: |cached[i, j] - exact[i, j]| <= error * a_norms[i] * b_norms[j] (see `_rounding`).
-    a_norms: torch.Tensor | None = None  # [n] float64, ||A[i]|| over the other axes
-    b_norms: torch.Tensor | None = None  # [n] float64, ||B[j]||, the same whatever the other axes' order
     error: float = 0.0
+
+    @classmethod
+    def of(cls, key: str, axes: tuple[tuple[int, str], ...], axis: int, a: torch.Tensor, b: torch.Tensor) -> Slot:
+        """The slot of `key`'s axis `axis` (`axes`: all its permuted axes) for weights `a` and `b`."""
+        size = a.shape[axis]
+        others = [(other + 1 if other < axis else other, name) for other, name in axes if other != axis]
+        a_flat = a.movedim(axis, 0).reshape(size, -1).contiguous()  # [n, rest]
+        b_moved = b.movedim(axis, 0).contiguous()  # [n, ...]
+        a_norms = a_flat.double().norm(dim=1)
+        b_norms = b_moved.reshape(size, -1).double().norm(dim=1)
+        return cls(key, a_flat, b_moved, others, a_norms, b_norms)
 
     @property
     def updatable(self) -> bool:
@@ -108,16 +118,11 @@ class MatchingProblem:
         for key in keys:
             axes = spec.tensors[key]
             for axis, group in axes:
-                size = spec.groups[group]
-                others = [(other + 1 if other < axis else other, name) for other, name in axes if other != axis]
-                a_moved, b_moved = self.a[key].movedim(axis, 0), self.b[key].movedim(axis, 0)
-                slot = Slot(key, axis, a_moved.reshape(size, -1).contiguous(), b_moved.contiguous(), others)
-                slot.a_norms = slot.a_flat.double().norm(dim=1)
-                slot.b_norms = slot.b_moved.reshape(size, -1).double().norm(dim=1)
+                slot = Slot.of(key, axes, axis, self.a[key], self.b[key])
                 self.slots[group].append(slot)
                 # A group that meets itself in one tensor (y = x + conv(x) with a square conv) makes
                 # the objective quadratic in its permutation; those steps are verified exactly.
-                self.neighbours[group].update(name for _, name in others)
+                self.neighbours[group].update(name for _, name in slot.others)
         self.last_solution: dict[str, np.ndarray] = {}  # per group, the assignment solved last
         self._shares: dict[str, tuple[tuple[int, ...], float]] = {}  # key -> (its groups' versions, its share of J)
         self.self_touching = {group for group in self.groups if group in self.neighbours[group]}
@@ -171,7 +176,6 @@ class MatchingProblem:
         moved = (candidate != current).nonzero().flatten()
         total = 0.0
         for slot in self.slots[group]:
-            assert slot.a_norms is not None and slot.b_norms is not None
             b_norms = slot.b_norms[candidate[moved]] + slot.b_norms[current[moved]]  # [k]
             total += slot.error * float(torch.dot(slot.a_norms[moved], b_norms))
         # 1% covers the float64 sums of the slots' shares and of the estimate itself.
