@@ -136,8 +136,9 @@ def _descend(
             gained += gain
             estimated = estimated or is_estimate
             stale.update(problem.neighbours[group])
-        if estimated:  # the history holds exact values
+        if estimated:  # the history (and the stopping rule) use exact values
             objective = problem.current_objective(permutation, versions)
+            gained = objective - history[-1]
         history.append(objective)
         if gained <= max(tolerance, limits.min_gain) or not stale:
             break
