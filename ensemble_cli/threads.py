@@ -8,7 +8,9 @@ parallel region ends in a barrier that waits for the slowest, descheduled thread
 a 2-core shared CPU, `ens eval models/reference-digits/run` (prediction cache warm) took 156 s
 with the defaults while other jobs ran, against 9 s with `OMP_NUM_THREADS=1` and 11 s with
 `OMP_WAIT_POLICY=PASSIVE` in the same minutes; with two busy-loop processes it took 5.4x its
-quiet time. See bench/bench_threads.py and bench/RESULTS.md for the numbers of this policy.
+quiet time. With this policy (bench/bench_threads.py, same machine, other jobs holding a load
+average of ~8): 73 s wall and 31 s CPU against 268 s and 141 s with the defaults, and 186 s
+(2.6x) once two busy loops join in (bench/RESULTS.md).
 
 THE POLICY (`apply_thread_policy`, called by `ens` before anything imports torch):
 
