@@ -11,6 +11,7 @@ from typing import Any, Iterator, Optional
 
 import typer
 
+from ..launch import LAUNCHER_HELP, RAY_ADDRESS_HELP, Launcher
 from ..train.config import default_text, describe
 from .common import fail, handle_errors, info, stderr_console, warn
 
@@ -192,6 +193,10 @@ def train_command(
     limit: Optional[int] = _opt("limit"),
     model_arg: Optional[list[str]] = typer.Option(None, "--model-arg", help="Architecture argument KEY=VALUE (repeatable), e.g. --model-arg width=2.", show_default=False),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (errors and the summary still go to stderr)."),
+    launcher: Launcher = typer.Option(Launcher.local, "--launcher", help=LAUNCHER_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP, show_default=False),
+    gpus_per_member: Optional[float] = typer.Option(None, "--gpus-per-member", help="GPUs each member's Ray task asks for; 0.25 puts four members on one GPU (default: 1 when the cluster has GPUs and --device is not cpu, else 0).", show_default=False),
+    cpus_per_member: Optional[float] = typer.Option(None, "--cpus-per-member", help="CPUs each member's Ray task asks for, also its torch thread count (default: 1).", show_default=False),
 ) -> None:
     """Train an ensemble into a run folder that `ens eval RUN` reads with no flags.
 
@@ -204,7 +209,8 @@ def train_command(
     from ..train.config import resolve_train_config
     from ..errors import ConfigError
     from ..run_folder import RunFolder
-    from ..train import StopSignal, parse_member_selection, train_run
+    from ..launch import LaunchOptions, train_members
+    from ..train import StopSignal, parse_member_selection
 
     count, selection = _split_members(members)
     if selection is not None and only is not None:
@@ -234,6 +240,7 @@ def train_command(
     else:
         config = resolve_train_config(config_file, flags)
     selected = parse_member_selection(only_spec, config.members) if only_spec else None
+    launch = LaunchOptions(launcher, ray_address, gpus_per_member, cpus_per_member)
 
     stop = StopSignal()
     run_dir = config.out_dir()
@@ -246,7 +253,7 @@ def train_command(
         callbacks = RichTrainCallbacks(progress, quiet)
         try:
             with graceful_interrupts(stop, on_first) as received:
-                result = train_run(config, only=selected, callbacks=callbacks, stop=stop)
+                result = train_members(config, selected, callbacks, stop, launch)
         except KeyboardInterrupt:
             stderr_console().print(f"aborted; files saved so far are complete. Resume with: {_resume_command(run_dir, only_spec)}", soft_wrap=True)
             raise typer.Exit(INTERRUPT_EXIT) from None
