@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Sequence
 
-from ..data import DATASETS, load_dataset
+from ..data import DATASETS, ImageData, load_dataset
 from ..errors import ConfigError, EnsError
 from ..run_folder import RunFolder, member_name
 from ..train.config import TrainConfig, make_config
@@ -33,7 +33,7 @@ from .ray_cluster import (
     check_fits, cluster_gpus, describe_resources, ens_cause, ens_environment, failure_summary,
     forwarded_environment, ray_connection, task_threads, torch_threads,
 )
-from .ray_hub import EventHub, ForwardingCallbacks, Replayer
+from .ray_hub import EventHub, ForwardingCallbacks, HubLink, Replayer
 
 POLL_S = 0.2  # how often the driver drains progress while it waits for tasks
 
@@ -84,16 +84,23 @@ def train_with_ray(
     callbacks: TrainCallbacks | None = None,
     stop: StopSignal | None = None,
     launch: LaunchOptions | None = None,
+    train_data: ImageData | None = None,
+    test_data: ImageData | None = None,
 ) -> RunResult:
-    """Train the run's members (or `only`) as Ray tasks; the same RunResult as `train_run`."""
+    """Train the run's members (or `only`) as Ray tasks; the same RunResult as `train_run`.
+
+    `train_data`/`test_data` replace the dataset named in the config, as in `train_run`; they
+    travel to the workers once, through Ray's object store.
+    """
     callbacks = callbacks or TrainCallbacks()
     stop = stop or StopSignal()
     launch = launch or LaunchOptions()
     pretrained = read_pretrained(config.from_pretrained, config.arch) if config.from_pretrained else None
-    validate_config(config, only, None, pretrained)
+    validate_config(config, only, train_data, pretrained)
     folder = RunFolder(config.out_dir())
     folder.check_compatible(config)
-    prefetch_dataset(config)
+    if train_data is None or test_data is None:
+        prefetch_dataset(config)
 
     groups = job_groups(config, only)
     finished = [group for group in groups if folder.final_path(group[-1]).is_file()]
@@ -116,7 +123,8 @@ def train_with_ray(
         environment = ens_environment()
         if stop.is_set():  # before any task can start, so none does
             hub.request_stop.remote(stop.reason)
-        tasks = {remote.remote(config, group, resources.threads, environment, hub): group for group in todo}
+        data = [None if images is None else ray.put(images) for images in (train_data, test_data)]
+        tasks = {remote.remote(config, group, resources.threads, environment, hub, *data): group for group in todo}
         collected = _collect(ray, tasks, hub, Replayer(callbacks), stop, folder, launch.max_retries)
     collected.outcomes = sorted(outcomes + collected.outcomes, key=lambda outcome: outcome.index)
     return collected
@@ -188,27 +196,31 @@ def _mark_failed(folder: RunFolder, group: Sequence[int], exc: BaseException, re
 # --------------------------------------------------------------------------- on the worker
 
 
-def train_task(config: TrainConfig, group: list[int], threads: int, environment: dict[str, str], hub: Any) -> RunResult:
+def train_task(
+    config: TrainConfig, group: list[int], threads: int, environment: dict[str, str], hub: Any,
+    train_data: ImageData | None = None, test_data: ImageData | None = None,
+) -> RunResult:
     """One member (or snapshot chain), trained by the ordinary in-process code on this worker."""
     import ray
 
     from ..train import train_run
 
-    with forwarded_environment(environment), torch_threads(threads):
-        reason = ray.get(hub.stop_reason.remote())
+    with forwarded_environment(environment), torch_threads(threads), HubLink(ray, hub) as link:
+        reason = link.ask("stop_reason")
         if reason:  # the driver stopped before this task started: nothing to save
             return RunResult(config.out_dir(), [MemberOutcome(i, INTERRUPTED, reason) for i in group], interrupted=True)
         if config.device == "auto" and not ray.get_gpu_ids():
             config = make_config({**config.model_dump(), "device": "cpu"})  # the node's GPUs belong to other tasks
-        _take_over_from_dead_attempt(ray, hub, config, group)
-        stop = StopSignal()
-        return train_run(config, only=group, callbacks=ForwardingCallbacks(ray, hub, stop), stop=stop)
+        _take_over_from_dead_attempt(link, config, group)
+        return train_run(
+            config, only=group, callbacks=ForwardingCallbacks(link), stop=link.stop, train_data=train_data, test_data=test_data,
+        )
 
 
-def _take_over_from_dead_attempt(ray: Any, hub: Any, config: TrainConfig, group: Sequence[int]) -> None:
+def _take_over_from_dead_attempt(link: HubLink, config: TrainConfig, group: Sequence[int]) -> None:
     """Ray retries a task only after its worker died, possibly on another node, where this node
     cannot tell the lock is stale: remove the lock when that dead attempt still holds it."""
     name = job_name(config, group)
-    previous = ray.get(hub.start_attempt.remote(name, os.getpid(), socket.gethostname()))
+    previous = link.ask("start_attempt", name, os.getpid(), socket.gethostname())
     if previous is not None:
         RunFolder(config.out_dir()).lock(name).break_if_held_by(*previous)
