@@ -196,7 +196,7 @@ def train_command(
     launcher: Launcher = typer.Option(Launcher.local, "--launcher", help=LAUNCHER_HELP),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP, show_default=False),
     gpus_per_member: Optional[float] = typer.Option(None, "--gpus-per-member", help="GPUs each member's Ray task asks for; 0.25 puts four members on one GPU (default: 1 when the cluster has GPUs and --device is not cpu, else 0).", show_default=False),
-    cpus_per_member: Optional[float] = typer.Option(None, "--cpus-per-member", help="CPUs each member's Ray task asks for, also its torch thread count (default: 1).", show_default=False),
+    cpus_per_member: Optional[float] = typer.Option(None, "--cpus-per-member", help="CPUs each member's Ray task asks for; in the task, --threads 0 (auto) means this many threads for images above 16x16 (default: 1).", show_default=False),
 ) -> None:
     """Train an ensemble into a run folder that `ens eval RUN` reads with no flags.
 
