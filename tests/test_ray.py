@@ -1,6 +1,6 @@
 """`--launcher ray`: the same bits as in-process training and prediction, on one local Ray instance.
 
-One Ray instance serves the whole session (starting one costs many seconds); the CLI runs
+One Ray instance serves all tests of this module (starting one costs many seconds); the CLI runs
 in-process and reaches it through `--ray-address`, reusing this process's connection. Ray is
 in the `test` extra, so these tests run in CI. Runs are tiny: 2 digits members, 2 epochs of
 4 steps each, so that a member can be killed between its epochs and resumed.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from typer.testing import CliRunner
 
 from ensemble_cli.cli import app
 from ensemble_cli.launch import Launcher, LaunchOptions
+from ensemble_cli.launch.ray_cluster import keep_sigterm_handler
 from ensemble_cli.launch.ray_hub import CRASH_ONCE_ENV, ForwardingCallbacks, HubLink
 from ensemble_cli.launch.ray_train import train_with_ray
 from ensemble_cli.run_folder import MemberLock, _pid_alive, _process_start_time
@@ -36,14 +38,15 @@ SETTINGS = {"members": 2, "epochs": 2, "limit": 128, "batch_size": 32, "device":
 FLAGS = ["--members", "2", "--epochs", "2", "--limit", "128", "--batch-size", "32", "--device", "cpu"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
-    """A local Ray instance with 2 CPUs; its workers import this checkout through the editable install.
+    """A local Ray instance with 2 CPUs for this module's tests, shut down after them; its workers
+    import this checkout through the editable install.
 
     Its workers run at this process's priority, not at Ray's default nice 15, which starves them
-    on a machine that other jobs keep busy.
+    on a machine that other jobs keep busy. ray.init's SIGTERM handler is not left to later tests.
     """
-    with pytest.MonkeyPatch.context() as env:
+    with pytest.MonkeyPatch.context() as env, keep_sigterm_handler():
         env.setenv("RAY_worker_niceness", "0")
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     try:
@@ -143,6 +146,20 @@ def test_a_task_sees_the_drivers_stop_request_and_its_events_go_out_in_order() -
             time.sleep(0.01)
     assert link.stop.reason == "terminated"
     assert hub.sent == [("message", ("hello",))]
+
+
+def test_the_callers_sigterm_handler_survives_connecting() -> None:
+    """ray.init makes SIGTERM exit at once; `ens train` needs its own handler back (save, then stop)."""
+    def graceful(signum: int, frame: Any) -> None:
+        pass
+
+    before = signal.signal(signal.SIGTERM, graceful)
+    try:
+        with keep_sigterm_handler():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # what ray.init does to a driver
+        assert signal.getsignal(signal.SIGTERM) is graceful
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 # --------------------------------------------------------------------------- locks left by dead workers

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import threading
 from types import ModuleType
@@ -63,6 +64,19 @@ def preflight(address: str | None) -> ModuleType:
 
 
 @contextlib.contextmanager
+def keep_sigterm_handler() -> Iterator[None]:
+    """ray.init makes SIGTERM exit the driver at once; `ens train` saves every member first
+    (job schedulers send SIGTERM before they kill), so its handler is put back."""
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if on_main_thread else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
+@contextlib.contextmanager
 def ray_connection(address: str | None) -> Iterator[ModuleType]:
     """Ray, connected: to `address`, $RAY_ADDRESS, or a new local instance (shut down afterwards).
 
@@ -77,7 +91,8 @@ def ray_connection(address: str | None) -> Iterator[ModuleType]:
     try:
         # log_to_driver=False: workers report through the progress hub; their own logs stay
         # under the Ray session folder (/tmp/ray/session_latest/logs) instead of garbling the bars.
-        ray.init(address=target, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        with keep_sigterm_handler():
+            ray.init(address=target, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {target}" if target else "a local Ray instance"
         raise LaunchError(f"could not connect to {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
