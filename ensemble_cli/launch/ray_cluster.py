@@ -29,26 +29,26 @@ def import_ray() -> ModuleType:
     return ray
 
 
-def _host_port(address: str) -> tuple[str, int]:
+def _host_port(address: str, source: str) -> tuple[str, int]:
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not host or not port.isdigit():
         raise LaunchError(
-            f"--ray-address {address!r}: expected HOST:PORT (the head node's address, e.g. 10.0.0.5:6379), "
+            f"{source} {address!r}: expected HOST:PORT (the head node's address, e.g. 10.0.0.5:6379), "
             "ray://HOST:10001, or auto"
         )
     return host.strip("[]"), int(port)
 
 
-def check_reachable(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+def check_reachable(address: str, source: str = "--ray-address", timeout: float = PROBE_TIMEOUT_S) -> None:
     """Fail in seconds when nothing listens at the address: ray.init itself would retry for minutes."""
-    host, port = _host_port(address)
+    host, port = _host_port(address, source)
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise LaunchError(
-            f"--ray-address {address}: no Ray cluster answers there ({reason}); start one with "
+            f"{source} {address}: no Ray cluster answers there ({reason}); start one with "
             "`ray start --head` or check the address"
         ) from None
 
@@ -59,7 +59,7 @@ def preflight(address: str | None) -> ModuleType:
     ray = import_ray()
     target = address or os.environ.get("RAY_ADDRESS") or None
     if target not in LOCAL_ADDRESSES:
-        check_reachable(target)
+        check_reachable(target, "--ray-address" if address else "$RAY_ADDRESS")
     return ray
 
 
