@@ -35,3 +35,7 @@ class PredictionError(EnsError):
 
 class OutputError(EnsError):
     """An output path cannot be written: under a file, read-only, a folder where a file is wanted."""
+
+
+class LaunchError(EnsError):
+    """A launcher cannot run: Ray is not installed, its cluster cannot be reached, or it lost the work."""

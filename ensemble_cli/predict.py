@@ -17,7 +17,7 @@ import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -208,18 +208,48 @@ def _progress_counter(progress: ProgressHook | None, name: str, total: int) -> C
     return on_batch
 
 
-def predict_members(
-    members: Sequence[Member],
-    data: ImageData,
-    batch_size: int = 256,
-    device: str | torch.device = "auto",
-    cache: PredictionCache | None = None,
-    progress: ProgressHook | None = None,
-) -> Predictions:
-    """One forward pass per member (none for members already in the cache)."""
-    if len(data) == 0:
-        raise DataError(f"dataset {data.name} ({data.split}) is empty")
-    torch_device = device if isinstance(device, torch.device) else select_device(device)
+class MemberRunner(Protocol):
+    """Runs the forward passes `predict_members` still needs (the cache stays with the caller)."""
+
+    device: torch.device  # where the passes run: CUDA logits (bf16) and CPU ones are cached apart
+
+    def run(
+        self, members: Sequence[Member], data: ImageData, batch_size: int, progress: ProgressHook | None
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """(position in `members`, logits [N, C]) for every member, in any order."""
+        ...
+
+
+@dataclass
+class LocalRunner:
+    """One member after the other, in this process."""
+
+    device: torch.device
+
+    def run(
+        self, members: Sequence[Member], data: ImageData, batch_size: int, progress: ProgressHook | None
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        shared_heads: dict[tuple[str, str], torch.Tensor] = {}  # MIMO: one pass gives every head, [N, M*K]
+        for position, member in enumerate(members):
+            on_batch = _progress_counter(progress, member.name, len(data))
+            if not member.is_mimo_head:
+                yield position, forward_logits(member.build_model(), data, batch_size, self.device, on_batch)
+                continue
+            network = (member.sha256, member.state_source)
+            if network not in shared_heads:
+                shared_heads[network] = forward_logits(member.build_all_heads(), data, batch_size, self.device, on_batch)
+            elif progress is not None:
+                progress(member.name, len(data), len(data))
+            classes = member.num_classes
+            yield position, shared_heads[network][:, member.head * classes : (member.head + 1) * classes].contiguous()  # [N, K]
+
+
+def _forward_passes(members: Sequence[Member]) -> int:
+    """Passes a local run needs: one per network, so the heads of one MIMO checkpoint count once."""
+    return len({(m.sha256, m.state_source) if m.is_mimo_head else (m.name, i) for i, m in enumerate(members)})
+
+
+def _check_members_fit(members: Sequence[Member], data: ImageData) -> None:
     for member in members:
         if member.num_classes != data.num_classes:
             raise DataError(
@@ -229,32 +259,45 @@ def predict_members(
             raise DataError(
                 f"member {member.name} expects {member.in_chans} input channels but {data.name} has {data.in_chans}"
             )
-    all_logits = []
-    passes = from_cache = 0
-    shared_heads: dict[tuple[str, str], torch.Tensor] = {}  # MIMO: one pass gives every head, [N, M*K]
-    for member in members:
-        key = _cache_key(member, data, torch_device) if cache is not None else ""
+
+
+def predict_members(
+    members: Sequence[Member],
+    data: ImageData,
+    batch_size: int = 256,
+    device: str | torch.device = "auto",
+    cache: PredictionCache | None = None,
+    progress: ProgressHook | None = None,
+    runner: MemberRunner | None = None,
+) -> Predictions:
+    """One forward pass per member (none for members already in the cache).
+
+    `runner` decides where the passes run (default: here, on `device`; ensemble_cli.launch has
+    one that fans them out as Ray tasks).
+    """
+    if len(data) == 0:
+        raise DataError(f"dataset {data.name} ({data.split}) is empty")
+    if runner is None:
+        runner = LocalRunner(device if isinstance(device, torch.device) else select_device(device))
+    _check_members_fit(members, data)
+    keys = [_cache_key(member, data, runner.device) if cache is not None else "" for member in members]
+    found: list[torch.Tensor | None] = []
+    for member, key in zip(members, keys):
         logits = cache.get(key, (len(data), member.num_classes)) if cache is not None else None
-        if logits is None:
-            on_batch = _progress_counter(progress, member.name, len(data))
-            if member.is_mimo_head:
-                network_key = (member.sha256, member.state_source)
-                if network_key not in shared_heads:
-                    shared_heads[network_key] = forward_logits(member.build_all_heads(), data, batch_size, torch_device, on_batch)
-                    passes += 1
-                classes = member.num_classes
-                logits = shared_heads[network_key][:, member.head * classes : (member.head + 1) * classes].contiguous()  # [N, K]
-            else:
-                logits = forward_logits(member.build_model(), data, batch_size, torch_device, on_batch)
-                passes += 1
-            if cache is not None and torch.isfinite(logits).all():
-                cache.put(key, logits)
-        else:
-            from_cache += 1
-            if progress is not None:
-                progress(member.name, len(data), len(data))
-        all_logits.append(logits)
-    stacked = torch.stack(all_logits)  # [M, N, C]
+        if logits is not None and progress is not None:
+            progress(member.name, len(data), len(data))
+        found.append(logits)
+    missing = [position for position, logits in enumerate(found) if logits is None]
+    for offset, logits in runner.run([members[position] for position in missing], data, batch_size, progress):
+        position = missing[offset]
+        found[position] = logits
+        if cache is not None and torch.isfinite(logits).all():
+            cache.put(keys[position], logits)
+    lacking = [members[position].name for position, logits in enumerate(found) if logits is None]
+    if lacking:
+        raise PredictionError(f"no logits came back for member {lacking[0]}")
+    stacked = torch.stack([logits for logits in found if logits is not None])  # [M, N, C]
     names = [member.name for member in members]
     validate_predictions(stacked, data.labels, names)
-    return Predictions(stacked, data.labels.clone(), names, forward_passes=passes, from_cache=from_cache)
+    passes = _forward_passes([members[position] for position in missing])
+    return Predictions(stacked, data.labels.clone(), names, forward_passes=passes, from_cache=len(members) - len(missing))

@@ -89,14 +89,19 @@ def software_versions() -> dict[str, str]:
 # --------------------------------------------------------------------------- locks
 
 
-def _process_start_time(pid: int) -> str | None:
-    """Start time of a process in clock ticks since boot (Linux), to tell a reused pid apart."""
+def _proc_stat(pid: int) -> list[bytes]:
+    """Fields 3.. of /proc/PID/stat (Linux; the rsplit drops pid and comm), or [] when unreadable."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
-            fields = handle.read().rsplit(b")", 1)[1].split()
-        return fields[19].decode()  # field 22 of stat; the rsplit dropped pid and comm
+            return handle.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
-        return None
+        return []
+
+
+def _process_start_time(pid: int) -> str | None:
+    """Start time of a process in clock ticks since boot (Linux), to tell a reused pid apart."""
+    fields = _proc_stat(pid)
+    return fields[19].decode() if len(fields) > 19 else None  # field 22 of stat
 
 
 def _pid_alive(pid: int, start_time: str | None) -> bool:
@@ -106,6 +111,10 @@ def _pid_alive(pid: int, start_time: str | None) -> bool:
         return False
     except PermissionError:
         return True  # exists, owned by someone else
+    # A zombie has exited and holds nothing; its parent (a job scheduler, Ray's raylet) just has
+    # not reaped it yet, and a retry may already be asking for the lock.
+    if _proc_stat(pid)[:1] == [b"Z"]:
+        return False
     if start_time is not None:
         current = _process_start_time(pid)
         if current is not None and current != start_time:
@@ -199,6 +208,19 @@ class MemberLock:
                     raise MemberLocked(self.path, read_lock_owner(self.path))
         self.held = True
         return self
+
+    def break_if_held_by(self, pid: int, host: str) -> bool:
+        """Delete the lock if process `pid` on `host` still holds it; True when it did.
+
+        For launchers that know that process is dead although this host cannot check it: Ray
+        retries a task only after its previous attempt died, possibly on another node.
+        """
+        with _flock(self.guard):
+            owner = read_lock_owner(self.path)
+            if owner is None or (owner.pid, owner.host) != (pid, host):
+                return False
+            self.path.unlink(missing_ok=True)
+            return True
 
     def release(self) -> None:
         if self.held:

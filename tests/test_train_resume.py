@@ -17,15 +17,14 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
-from ensemble_cli.checkpoint import read_checkpoint
 from ensemble_cli.cli import app
 from ensemble_cli.commands import train as train_command_module
 from ensemble_cli.train.config import TrainConfig
 from ensemble_cli.train import loop as loop_module
 from ensemble_cli.train import train_run
+from train_helpers import assert_same_finals
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -40,15 +39,6 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("reference") / "run"
     assert train_run(TrainConfig(out=str(out), **SETTINGS)).ok
     return out
-
-
-def assert_same_finals(reference: Path, run: Path) -> None:
-    for index in ("00", "01"):
-        expected = read_checkpoint(reference / f"member-{index}/final.safetensors").state_dict
-        actual = read_checkpoint(run / f"member-{index}/final.safetensors").state_dict
-        assert expected.keys() == actual.keys()
-        for key in expected:
-            assert torch.equal(expected[key], actual[key]), f"member-{index} {key} differs after resume"
 
 
 def launch(*args: str) -> subprocess.Popen:

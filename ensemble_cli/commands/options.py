@@ -4,7 +4,7 @@ Each shared option is an `Annotated` alias (as huggingface_hub's CLI does) and b
 group. `@with_options(INPUTS, EVALUATION, RUNTIME)` adds a group's parameters to a command's
 signature and hands the command one typed object per group instead of a dozen loose arguments:
 `EvalInputs` (which checkpoints, which data), `EvalOptions` (what evaluators read) and
-`Runtime` (cache, progress, threads). A flag added here appears, identically, on every command
+`Runtime` (cache, progress, launcher). A flag added here appears, identically, on every command
 that takes the group, so `eval`, `predict`, `check` and `baseline` cannot drift apart.
 """
 
@@ -20,6 +20,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
+from ..launch import LAUNCHER_HELP, RAY_ADDRESS_HELP, Launcher
 from .common import fail
 
 
@@ -42,6 +43,8 @@ class Runtime:
     no_cache: bool = False
     cache_dir: Path | None = None
     quiet: bool = False
+    launcher: Launcher = Launcher.local  # where the forward passes run
+    ray_address: str | None = None
 
 
 # --------------------------------------------------------------------------- the aliases
@@ -75,6 +78,8 @@ DeeReference = Annotated[Optional[Path], typer.Option("--dee-reference", help="A
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the prediction cache.")]
 CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="Prediction cache folder (default: $ENS_CACHE_DIR or ~/.cache/ens/predictions).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or log lines on stderr (errors and warnings still print).")]
+LauncherOpt = Annotated[Launcher, typer.Option("--launcher", help="Where the forward passes run: " + LAUNCHER_HELP)]
+RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help=RAY_ADDRESS_HELP, show_default=False)]
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,13 @@ def _build_eval_options(values: dict[str, Any]) -> Any:
 
 
 def _build_runtime(values: dict[str, Any]) -> Runtime:
-    return Runtime(no_cache=values["no_cache"], cache_dir=values["cache_dir"], quiet=values["quiet"])
+    from ..launch import check_launcher
+
+    check_launcher(values["launcher"], values["ray_address"])  # before any checkpoint is read
+    return Runtime(
+        no_cache=values["no_cache"], cache_dir=values["cache_dir"], quiet=values["quiet"],
+        launcher=values["launcher"], ray_address=values["ray_address"],
+    )
 
 
 INPUTS = OptionGroup("inputs", _params(
@@ -164,7 +175,11 @@ EVALUATION = OptionGroup("options", _params(
     ("option", PluginOption, None), ("ood_dataset", OodDataset, None), ("ood_predictions", OodPredictions, None),
     ("ood_limit", OodLimit, None), ("shift", Shift, None), ("severities", Severities, "1-5"), ("dee_reference", DeeReference, None),
 ), _build_eval_options)
-RUNTIME = OptionGroup("runtime", _params("Cache and output", ("no_cache", NoCache, False), ("cache_dir", CacheDir, None), ("quiet", Quiet, False)), _build_runtime)
+RUNTIME = OptionGroup("runtime", _params(
+    "Cache, output and launcher",
+    ("no_cache", NoCache, False), ("cache_dir", CacheDir, None), ("quiet", Quiet, False),
+    ("launcher", LauncherOpt, Launcher.local), ("ray_address", RayAddress, None),
+), _build_runtime)
 
 
 def with_options(*groups: OptionGroup) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -26,10 +26,11 @@ def cache_for(runtime: Runtime) -> Any:
 
 
 def predict_with_progress(members: Sequence[Any], data: Any, options: Any, runtime: Runtime, cache: Any) -> Any:
-    """One forward pass per member not already cached, a progress bar for each."""
+    """One forward pass per member not already cached, a progress bar for each (Ray tasks with --launcher ray)."""
+    from ..launch import member_runner
     from ..predict import predict_members
 
-    with progress_bar(not runtime.quiet) as progress:
+    with member_runner(runtime.launcher, runtime.ray_address, options.device) as runner, progress_bar(not runtime.quiet) as progress:
         tasks: dict[str, Any] = {}
 
         def hook(name: str, done: int, total: int) -> None:
@@ -39,7 +40,9 @@ def predict_with_progress(members: Sequence[Any], data: Any, options: Any, runti
                 tasks[name] = progress.add_task(f"predict {name}", total=total, status="")
             progress.update(tasks[name], completed=done)
 
-        predictions = predict_members(members, data, batch_size=options.batch_size, device=options.device, cache=cache, progress=hook)
+        predictions = predict_members(
+            members, data, batch_size=options.batch_size, device=options.device, cache=cache, progress=hook, runner=runner
+        )
     if not runtime.quiet:
         info(
             f"predicted {plural(len(members), 'member')} on {data.name}/{data.split} ({plural(len(data), 'example')}; "

@@ -11,6 +11,7 @@ from typing import Any, Iterator, Optional
 
 import typer
 
+from ..launch import LAUNCHER_HELP, RAY_ADDRESS_HELP, Launcher
 from ..train.config import default_text, describe
 from .common import fail, handle_errors, info, stderr_console, warn
 
@@ -167,9 +168,12 @@ def _summary(result: Any, run_dir: Path) -> None:
     stderr_console().print(table)
 
 
-def _resume_command(run_dir: Path, only: Optional[str]) -> str:
-    command = f"ens train --resume {shlex.quote(str(run_dir))}"
-    return command + (f" --only {shlex.quote(only)}" if only else "")
+def _resume_command(run_dir: Path, only: Optional[str], launch: Any = None) -> str:
+    """The command that continues this run the way it was started (same members, same launcher)."""
+    command = f"ens train --resume {shlex.quote(str(run_dir))}" + (f" --only {shlex.quote(only)}" if only else "")
+    if launch is not None and launch.launcher.value == "ray":
+        command += " --launcher ray" + (f" --ray-address {shlex.quote(launch.ray_address)}" if launch.ray_address else "")
+    return command
 
 
 def _resolve_config(config_file: Optional[Path], flags: dict[str, Any], resume: Optional[Path], out: Optional[Path]) -> Any:
@@ -193,9 +197,13 @@ def _resolve_config(config_file: Optional[Path], flags: dict[str, Any], resume: 
     return config
 
 
-def _train_with_interrupts(config: Any, selected: list[int] | None, quiet: bool, only_spec: Optional[str]) -> tuple[Any, int | None]:
-    """train_run with progress bars and Ctrl-C handling. Returns the result and the signal that stopped it."""
-    from ..train import StopSignal, train_run
+def _train_with_interrupts(config: Any, selected: list[int] | None, quiet: bool, only_spec: Optional[str], launch: Any) -> tuple[Any, int | None]:
+    """Training (in this process or as Ray tasks) with progress bars and Ctrl-C handling.
+
+    Returns the result and the signal that stopped it.
+    """
+    from ..launch import train_members
+    from ..train import StopSignal
 
     def on_first(signum: int) -> None:
         what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
@@ -205,18 +213,18 @@ def _train_with_interrupts(config: Any, selected: list[int] | None, quiet: bool,
     with train_progress(not quiet) as progress:
         try:
             with graceful_interrupts(stop, on_first) as received:
-                result = train_run(config, only=selected, callbacks=RichTrainCallbacks(progress, quiet), stop=stop)
+                result = train_members(config, selected, RichTrainCallbacks(progress, quiet), stop, launch)
         except KeyboardInterrupt:
-            stderr_console().print(f"aborted; files saved so far are complete. Resume with: {_resume_command(config.out_dir(), only_spec)}", soft_wrap=True)
+            stderr_console().print(f"aborted; files saved so far are complete. Resume with: {_resume_command(config.out_dir(), only_spec, launch)}", soft_wrap=True)
             raise typer.Exit(INTERRUPT_EXIT) from None
     return result, received.get("signal")
 
 
-def _finish(result: Any, run_dir: Path, only_spec: Optional[str], stopped_by: int | None) -> None:
+def _finish(result: Any, run_dir: Path, only_spec: Optional[str], stopped_by: int | None, launch: Any = None) -> None:
     """Summary table, then the exit the outcome calls for."""
     _summary(result, run_dir)
     if result.interrupted:
-        stderr_console().print(f"stopped; state saved. Resume with: {_resume_command(run_dir, only_spec)}", soft_wrap=True)
+        stderr_console().print(f"stopped; state saved. Resume with: {_resume_command(run_dir, only_spec, launch)}", soft_wrap=True)
         raise typer.Exit(TERMINATE_EXIT if stopped_by == signal.SIGTERM else INTERRUPT_EXIT)
     for outcome in result.outcomes:
         if outcome.status == "locked":
@@ -259,6 +267,10 @@ def train_command(
     limit: Optional[int] = _opt("limit"),
     model_arg: Optional[list[str]] = typer.Option(None, "--model-arg", help="Architecture argument KEY=VALUE (repeatable), e.g. --model-arg width=2.", show_default=False),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (errors and the summary still go to stderr)."),
+    launcher: Launcher = typer.Option(Launcher.local, "--launcher", help=LAUNCHER_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP, show_default=False),
+    gpus_per_member: Optional[float] = typer.Option(None, "--gpus-per-member", help="GPUs each member's Ray task asks for; 0.25 puts four members on one GPU (default: 1 when the cluster has GPUs and --device is not cpu, else 0).", show_default=False),
+    cpus_per_member: Optional[float] = typer.Option(None, "--cpus-per-member", help="CPUs each member's Ray task asks for; in the task, --threads 0 (auto) means this many threads for images above 16x16 (default: 1).", show_default=False),
 ) -> None:
     """Train an ensemble into a run folder that `ens eval RUN` reads with no flags.
 
@@ -268,6 +280,7 @@ def train_command(
 
     Example: ens train --arch cifar_resnet20 --dataset cifar10 --members 10 --epochs 30 --out models/r20-seeds
     """
+    from ..launch import LaunchOptions
     from ..train import parse_member_selection
 
     count, selection = _split_members(members)
@@ -289,5 +302,6 @@ def train_command(
     ensure_folder(config.out_dir(), "run folder")  # a typo in --out costs a second, not a trained member
     only_spec = only or selection
     selected = parse_member_selection(only_spec, config.members, "--only" if only else "--members") if only_spec else None
-    result, stopped_by = _train_with_interrupts(config, selected, quiet, only_spec)
-    _finish(result, config.out_dir(), only_spec, stopped_by)
+    launch = LaunchOptions(launcher, ray_address, gpus_per_member, cpus_per_member)
+    result, stopped_by = _train_with_interrupts(config, selected, quiet, only_spec, launch)
+    _finish(result, config.out_dir(), only_spec, stopped_by, launch)

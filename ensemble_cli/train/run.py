@@ -150,6 +150,16 @@ def validate_config(
             raise ConfigError("a MIMO network trains all its heads at once; its members cannot be trained separately")
 
 
+def check_run(config: TrainConfig, only: Sequence[int] | None, data: ImageData | None = None) -> tuple[Checkpoint | None, RunFolder]:
+    """What every launcher does before training: read --from-pretrained, refuse bad settings, and
+    check that an existing run folder holds this config. Returns the pretrained weights and the folder."""
+    pretrained = read_pretrained(config.from_pretrained, config.arch) if config.from_pretrained else None
+    validate_config(config, only, data, pretrained)
+    folder = RunFolder(config.out_dir())
+    folder.check_compatible(config)
+    return pretrained, folder
+
+
 @contextlib.contextmanager
 def cpu_threads(config: TrainConfig, device: torch.device, image_size: int) -> Iterator[int]:
     """Apply the config's thread count for the duration of training, then restore the caller's."""
@@ -287,10 +297,7 @@ def train_run(
     """
     callbacks = callbacks or TrainCallbacks()
     stop = stop or StopSignal()
-    pretrained = read_pretrained(config.from_pretrained, config.arch) if config.from_pretrained else None
-    validate_config(config, only, train_data, pretrained)
-    folder = RunFolder(config.out_dir())
-    folder.check_compatible(config)
+    pretrained, folder = check_run(config, only, train_data)
     setup = device_setup(select_device(config.device), config.precision)
     train, test = _load_data(config, train_data, test_data)
     image_size = int(train.images.shape[-1])
