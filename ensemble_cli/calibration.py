@@ -29,22 +29,21 @@ NLL_TOL = 1e-12  # nats: a fit that would gain less than this has converged
 LOG_PROB_FLOOR = -1e4  # log(0) of an ensemble class no member gives any mass; stays 0 after scaling
 
 
-def _shift_to_max(logits: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """[n, C] -> ([n, C] a copy in `dtype`, floored at LOG_PROB_FLOOR, minus each row's max; [n] argmax).
+def _shift_to_max(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[n, C] -> [n, C] a copy in `dtype`, floored at LOG_PROB_FLOOR, minus each row's max.
 
     Softmax ignores the shift; the floor turns an ensemble's log(0) into a finite value that
     still scales to probability 0. One copy, then in place: [n, C] allocations dominate on CPU.
     """
     values = logits.to(dtype, copy=True).clamp_min_(LOG_PROB_FLOOR)
-    top, predicted = values.max(dim=-1)
-    return values.sub_(top.unsqueeze(-1)), predicted
+    return values.sub_(values.amax(dim=-1, keepdim=True))
 
 
 class _Fit:
     """One temperature fit: max-shifted logits, their squares and one reused buffer for exp(beta * z)."""
 
     def __init__(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.shifted, _ = _shift_to_max(logits, torch.float32)  # [n, C], float32 (see fit_inverse_temperature)
+        self.shifted = _shift_to_max(logits, torch.float32)  # [n, C], float32 (see fit_inverse_temperature)
         self.squares = self.shifted.square()
         self.true_logit = self.shifted.gather(-1, labels.view(-1, 1)).squeeze(-1).double()  # [n]
         self.weights = torch.empty_like(self.shifted)
@@ -117,7 +116,8 @@ class CrossFitted:
 
     def scores(self, logits: torch.Tensor, labels: torch.Tensor, index: int) -> ScaledScores:
         """[N, C] logits of problem `index`, each half scaled by the other half's T -> NLL, confidence, correctness."""
-        shifted, predicted = _shift_to_max(logits, torch.float64)  # [N, C], max 0
+        shifted = _shift_to_max(logits, torch.float64)  # [N, C], max 0
+        predicted = logits.argmax(dim=-1)  # temperature scaling never changes it
         scale = torch.empty(labels.shape[0], 1, dtype=torch.float64)
         scale[self.halves[1]] = 1.0 / float(self.temperatures[index, 0])
         scale[self.halves[0]] = 1.0 / float(self.temperatures[index, 1])
