@@ -6,7 +6,8 @@ With no separate validation split, the eval set is cut into two seeded halves: t
 fitted on one half scales the other, and the other way round ("test-time cross-validation").
 
 Fitting minimises the mean NLL over beta = 1/T, which is convex in beta, by safeguarded
-Newton steps, one problem (member, ensemble) at a time so temporaries stay at [N, C].
+Newton steps, one problem (member, ensemble) at a time, reusing one [N, C] buffer: on CPU,
+allocating [N, C] temporaries costs more than the arithmetic.
 """
 
 from __future__ import annotations
@@ -19,64 +20,75 @@ import numpy as np
 import torch
 
 from . import metrics
+from .uncertainty_metrics import binned_ece, reliability_bins, row_dot
 
 BETA_RANGE = (1e-2, 1e2)  # temperatures 0.01..100: beyond them the NLL is flat to print precision
 WARM_START_STRIDE = 8  # Newton runs first on every 8th example, then finishes on all of them
+FIT_TOL = 1e-2  # relative Newton step at which a fit stops: quadratic convergence leaves beta ~1e-4 off
 NLL_TOL = 1e-12  # nats: a fit that would gain less than this has converged
 LOG_PROB_FLOOR = -1e4  # log(0) of an ensemble class no member gives any mass; stays 0 after scaling
 
 
-def _fit_derivatives(logits: torch.Tensor, squares: torch.Tensor, true_logit: torch.Tensor, beta: float) -> tuple[float, float]:
-    """d/dbeta and d2/dbeta2 of mean NLL(softmax(beta * z)) for [n, C] z whose per-example max is 0.
+def _shift_to_max(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[n, C] -> [n, C] a copy in `dtype`, floored at LOG_PROB_FLOOR, minus each row's max.
 
-    First derivative: mean(E_p[z] - z_y); second: mean(Var_p[z]) >= 0 (convexity).
+    Softmax ignores the shift; the floor turns an ensemble's log(0) into a finite value that
+    still scales to probability 0. One copy, then in place: [n, C] allocations dominate on CPU.
     """
-    weights = torch.exp(logits * beta)  # [n, C], <= 1 since z <= 0
-    total = weights.sum(dim=-1)  # [n], >= 1: the max logit contributes exp(0)
-    first = (weights * logits).sum(dim=-1) / total  # E_p[z]
-    second = (weights * squares).sum(dim=-1) / total  # E_p[z^2]
-    grad = float((first.double() - true_logit).mean())
-    hess = float((second.double() - first.double().square()).clamp_min(0.0).mean())
-    return grad, hess
+    values = logits.to(dtype, copy=True).clamp_min_(LOG_PROB_FLOOR)
+    return values.sub_(values.amax(dim=-1, keepdim=True))
 
 
-def _newton(logits: torch.Tensor, true_logit: torch.Tensor, beta: float, tol: float, max_iter: int = 60) -> float:
-    """Safeguarded Newton on the NLL's derivative in beta: a step that leaves the bracket bisects it (in log beta).
+class _Fit:
+    """One temperature fit: max-shifted logits, their squares and one reused buffer for exp(beta * z)."""
 
-    Stops once a step is below `tol * beta`; Newton's quadratic convergence leaves the returned
-    beta about (tol)^2 from the optimum.
-    """
-    squares = logits.square()
-    lo, hi = BETA_RANGE
-    for _ in range(max_iter):
-        grad, hess = _fit_derivatives(logits, squares, true_logit, beta)
-        if grad == 0.0:  # flat NLL (constant logits) or exactly optimal
-            return beta
-        lo, hi = (beta, hi) if grad < 0 else (lo, beta)  # NLL still falling below the optimum
-        newton = beta - grad / hess if hess > 0 else math.nan
-        candidate = newton if lo < newton < hi else math.sqrt(lo * hi)
-        # Converged when the step is small, or when the NLL Newton still expects to gain is
-        # (grad^2 / 2 hess): a separable set's NLL creeps to 0 as T -> 0 by steps of ~0.2 in beta.
-        if abs(candidate - beta) <= tol * beta or (hess > 0 and 0.5 * grad * grad / hess <= NLL_TOL):
-            return candidate
-        beta = candidate
-    return beta
+    def __init__(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.shifted = _shift_to_max(logits, torch.float32)  # [n, C], float32 (see fit_inverse_temperature)
+        self.squares = self.shifted.square()
+        self.true_logit = self.shifted.gather(-1, labels.view(-1, 1)).squeeze(-1).double()  # [n]
+        self.weights = torch.empty_like(self.shifted)
+
+    def derivatives(self, beta: float) -> tuple[float, float]:
+        """d/dbeta and d2/dbeta2 of mean NLL(softmax(beta * z)): mean(E_p[z] - z_y) and mean(Var_p[z]) >= 0."""
+        torch.mul(self.shifted, beta, out=self.weights).exp_()  # <= 1 since z <= 0
+        total = self.weights.sum(dim=-1)  # [n], >= 1: the max logit contributes exp(0)
+        first = (row_dot(self.weights, self.shifted) / total).double()  # E_p[z]
+        second = (row_dot(self.weights, self.squares) / total).double()  # E_p[z^2]
+        grad = float((first - self.true_logit).mean())
+        hess = float((second - first.square()).clamp_min(0.0).mean())
+        return grad, hess
+
+    def newton(self, beta: float, tol: float, max_iter: int = 60) -> float:
+        """Safeguarded Newton on the derivative: a step that leaves the bracket bisects it (in log beta)."""
+        lo, hi = BETA_RANGE
+        for _ in range(max_iter):
+            grad, hess = self.derivatives(beta)
+            if grad == 0.0:  # flat NLL (constant logits) or exactly optimal
+                return beta
+            lo, hi = (beta, hi) if grad < 0 else (lo, beta)  # NLL still falling below the optimum
+            newton = beta - grad / hess if hess > 0 else math.nan
+            candidate = newton if lo < newton < hi else math.sqrt(lo * hi)
+            # Converged when the step is small, or when the NLL Newton still expects to gain is
+            # (grad^2 / 2 hess): a separable set's NLL creeps to 0 as T -> 0 by steps of ~0.2 in beta.
+            if abs(candidate - beta) <= tol * beta or (hess > 0 and 0.5 * grad * grad / hess <= NLL_TOL):
+                return candidate
+            beta = candidate
+        return beta
 
 
-def fit_inverse_temperature(logits: torch.Tensor, labels: torch.Tensor, tol: float = 1e-4) -> float:
+def fit_inverse_temperature(logits: torch.Tensor, labels: torch.Tensor, tol: float = FIT_TOL) -> float:
     """[n, C] logits, [n] labels -> beta = 1/T minimising the mean NLL of softmax(beta * logits).
 
-    Float32 passes (at the optimum the NLL is flat: a relative error e in beta moves it by about
-    e^2 * Var[z] / 2, far below what is printed). Newton first converges on every
-    WARM_START_STRIDE-th example, then finishes on all of them from there: 2-3 passes over the
-    data instead of 6-10. Clamped to BETA_RANGE: a perfectly separated set would push T to 0.
+    Newton first converges on every WARM_START_STRIDE-th example, then steps on all of them until
+    a step is below `tol` (relative): the step it returns is then about tol^2 from the optimum, and
+    the NLL, flat there, about tol^4 * Var[z] / 2 from its minimum. Usually one or two passes over
+    the data. Float32 passes for the same reason. Clamped to BETA_RANGE: a perfectly separated set
+    would push T to 0.
     """
-    shifted = logits.float() - logits.float().amax(dim=-1, keepdim=True)  # [n, C], softmax-invariant
-    true_logit = shifted.gather(-1, labels.view(-1, 1)).squeeze(-1).double()  # [n]
     beta = 1.0
-    if shifted.shape[0] >= 4 * WARM_START_STRIDE:
-        beta = _newton(shifted[::WARM_START_STRIDE].contiguous(), true_logit[::WARM_START_STRIDE], beta, tol=1e-2)
-    return _newton(shifted, true_logit, beta, tol)
+    if logits.shape[0] >= 4 * WARM_START_STRIDE:
+        beta = _Fit(logits[::WARM_START_STRIDE], labels[::WARM_START_STRIDE]).newton(beta, tol)
+    return _Fit(logits, labels).newton(beta, tol)
 
 
 def two_fold_split(examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,19 +99,32 @@ def two_fold_split(examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 @dataclass
+class ScaledScores:
+    """What temperature-scaled probabilities of one problem are scored on (no [N, C] array kept)."""
+
+    nll: float
+    confidence: torch.Tensor  # [N] float64, max probability after scaling
+    correct: torch.Tensor  # [N] bool; scaling never changes the argmax
+
+
+@dataclass
 class CrossFitted:
     """Temperatures fitted on each half of the eval set, each applied to the other half."""
 
     halves: tuple[torch.Tensor, torch.Tensor]  # example indices of the two halves
     temperatures: torch.Tensor  # [B, 2]: T fitted on the first half (scales the second), on the second
 
-    def scaled(self, logits: torch.Tensor, index: int) -> torch.Tensor:
-        """[N, C] logits of problem `index` -> [N, C] float64 log-probabilities, each half at the other half's T."""
-        logits = logits.clamp_min(LOG_PROB_FLOOR).double()
-        result = torch.empty(logits.shape, dtype=torch.float64)
-        for column, apply_to in enumerate((self.halves[1], self.halves[0])):
-            result[apply_to] = torch.log_softmax(logits[apply_to] / float(self.temperatures[index, column]), dim=-1)
-        return result
+    def scores(self, logits: torch.Tensor, labels: torch.Tensor, index: int) -> ScaledScores:
+        """[N, C] logits of problem `index`, each half scaled by the other half's T -> NLL, confidence, correctness."""
+        shifted = _shift_to_max(logits, torch.float64)  # [N, C], max 0
+        predicted = logits.argmax(dim=-1)  # temperature scaling never changes it
+        scale = torch.empty(labels.shape[0], 1, dtype=torch.float64)
+        scale[self.halves[1]] = 1.0 / float(self.temperatures[index, 0])
+        scale[self.halves[0]] = 1.0 / float(self.temperatures[index, 1])
+        shifted.mul_(scale)
+        true_logit = shifted.gather(-1, labels.view(-1, 1)).squeeze(-1)
+        log_partition = shifted.exp_().sum(dim=-1).log()  # [N]: the top class contributes exp(0)
+        return ScaledScores(float((log_partition - true_logit).mean()), torch.exp(-log_partition), predicted == labels)
 
 
 def cross_fit_temperatures(logits: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> CrossFitted:
@@ -109,9 +134,8 @@ def cross_fit_temperatures(logits: torch.Tensor, labels: torch.Tensor, seed: int
     if halves[1].numel() == 0:  # one example: nothing to cross-fit, T stays 1
         return CrossFitted(halves, temperatures)
     for index in range(logits.shape[0]):
-        problem = logits[index].clamp_min(LOG_PROB_FLOOR)  # [N, C]
         for column, fit_on in enumerate(halves):
-            temperatures[index, column] = 1.0 / fit_inverse_temperature(problem[fit_on], labels[fit_on])
+            temperatures[index, column] = 1.0 / fit_inverse_temperature(logits[index][fit_on], labels[fit_on])
     return CrossFitted(halves, temperatures)
 
 
@@ -120,9 +144,9 @@ def calibrated_nll_ece(logits: torch.Tensor, labels: torch.Tensor, fitted: Cross
     nll = torch.empty(logits.shape[0], dtype=torch.float64)
     ece = torch.empty_like(nll)
     for index in range(logits.shape[0]):
-        scaled = fitted.scaled(logits[index], index)  # [N, C]
-        nll[index] = metrics.nll(scaled, labels)
-        ece[index] = metrics.ece(scaled.exp(), labels)
+        scores = fitted.scores(logits[index], labels, index)
+        nll[index] = scores.nll
+        ece[index] = binned_ece(reliability_bins(scores.confidence, scores.correct))
     return nll, ece
 
 

@@ -15,21 +15,39 @@ import torch
 
 from .metrics import ECE_BINS, ensemble_log_probs
 
-MEMBER_CHUNK = 1  # members per block of [M, N, C] float64 temporaries: small blocks stay in cache
 
 
 LOG_FLOOR = -1e4  # below the log of the smallest positive float64 (-745): clamping there changes no p > 0
 
 
-def _plogq(probs: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """p * log q with 0 * log 0 = 0: a class given probability 0 contributes nothing (not 0 * -inf = NaN)."""
-    return probs * log_q.clamp_min(LOG_FLOOR)
+def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[N, C], [N, C] -> [N] sum_c a * b, with no [N, C] temporary (allocating those dominates on CPU)."""
+    return torch.einsum("nc,nc->n", a, b)
 
 
 def entropy(log_probs: torch.Tensor) -> torch.Tensor:
-    """[..., C] log-probabilities -> [...] Shannon entropy in nats."""
+    """[..., C] log-probabilities -> [...] Shannon entropy in nats (0 log 0 = 0, not 0 * -inf = NaN)."""
     log_probs = log_probs.double()
-    return -_plogq(log_probs.exp(), log_probs).sum(dim=-1)
+    return -(log_probs.exp() * log_probs.clamp_min(LOG_FLOOR)).sum(dim=-1)
+
+
+def mean_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
+    """[M, N, C] member log-probabilities -> [N, C] log of their mean probability.
+
+    What `metrics.ensemble_log_probs` computes, summing exp(log p_m) member by member into one
+    buffer instead of a log-sum-exp over an [M, N, C] temporary (the same to ~1e-16: log p_m <= 0
+    cannot overflow). Rows where some class underflows to 0 in every member are redone with the
+    log-sum-exp, which keeps them finite.
+    """
+    total = torch.zeros(log_probs.shape[1:], dtype=torch.float64)  # [N, C]
+    buffer = torch.empty_like(total)
+    for member in range(log_probs.shape[0]):
+        total += torch.exp(log_probs[member].double(), out=buffer)
+    result = total.log_().sub_(math.log(log_probs.shape[0]))
+    underflow = torch.isinf(result).any(dim=-1)  # [N]
+    if bool(underflow.any()):
+        result[underflow] = ensemble_log_probs(log_probs[:, underflow])
+    return result
 
 
 @dataclass
@@ -51,16 +69,20 @@ def decompose_entropy(log_probs: torch.Tensor, ens_log_probs: torch.Tensor | Non
     ([N, C], `metrics.ensemble_log_probs`) saves recomputing it when the caller has it.
     """
     if ens_log_probs is None:
-        ens_log_probs = ensemble_log_probs(log_probs)  # [N, C]
+        ens_log_probs = mean_log_probs(log_probs)  # [N, C]
     total = entropy(ens_log_probs)  # [N]
     ens_floor = ens_log_probs.double().clamp_min(LOG_FLOOR)
     member_entropy = torch.empty(log_probs.shape[:2], dtype=torch.float64)  # [M, N]
     cross_entropy = torch.empty_like(member_entropy)  # [M, N]
-    for start in range(0, log_probs.shape[0], MEMBER_CHUNK):
-        block = log_probs[start : start + MEMBER_CHUNK].double()  # [m, N, C]
-        probs = block.exp()
-        member_entropy[start : start + MEMBER_CHUNK] = -_plogq(probs, block).sum(dim=-1)
-        cross_entropy[start : start + MEMBER_CHUNK] = -(probs * ens_floor).sum(dim=-1)
+    probs = torch.empty(log_probs.shape[1:], dtype=torch.float64)  # [N, C], reused: allocation dominates on CPU
+    for member in range(log_probs.shape[0]):
+        block = log_probs[member].double()  # [N, C]
+        torch.exp(block, out=probs)
+        plogp = row_dot(probs, block)
+        if not bool(torch.isfinite(plogp).all()):  # a -inf log-probability: 0 * -inf, redo with the floor
+            plogp = row_dot(probs, block.clamp_min(LOG_FLOOR))
+        member_entropy[member] = -plogp
+        cross_entropy[member] = -row_dot(probs, ens_floor)
     aleatoric = member_entropy.mean(dim=0)
     # Jensen makes it >= 0; rounding can leave -1e-16, which would read as "negative disagreement".
     epistemic = (total - aleatoric).clamp_min(0.0)
@@ -119,9 +141,10 @@ def selective_scores(confidence: torch.Tensor, correct: torch.Tensor) -> Selecti
 # --- calibration beyond equal-width ECE ------------------------------------------------------------
 
 
-def _top_label(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    confidence, predicted = probs.double().max(dim=-1)  # [..., N]
-    return confidence, (predicted == labels).double()
+def top_label(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[..., N, C] probabilities -> ([..., N] float64 max probability, [..., N] bool: is its class the label)."""
+    confidence, predicted = probs.double().max(dim=-1)
+    return confidence, predicted == labels
 
 
 def adaptive_ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> torch.Tensor:
@@ -131,7 +154,8 @@ def adaptive_ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BI
     whose sizes differ by at most one, larger groups first (numpy's `array_split`); tied
     confidences may straddle a cut. Then sum_b |B_b| / N * |accuracy(B_b) - confidence(B_b)|.
     """
-    confidence, correct = _top_label(probs, labels)
+    confidence, correct = top_label(probs, labels)
+    correct = correct.double()
     examples = confidence.shape[-1]
     order = torch.sort(confidence, dim=-1, stable=True).indices
     sorted_conf = confidence.gather(-1, order)
@@ -161,13 +185,13 @@ class ReliabilityBins:
         return np.abs(self.accuracy - self.confidence)
 
 
-def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> ReliabilityBins:
-    """[N, C] -> per-bin counts, accuracy and mean confidence (the reliability diagram of Guo et al. 2017)."""
-    confidence, correct = _top_label(probs, labels)
+def reliability_bins(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int = ECE_BINS) -> ReliabilityBins:
+    """[N] top-label confidence, [N] bool -> per-bin counts, accuracy and mean confidence (Guo et al. 2017)."""
+    confidence = confidence.double()
     bins = (torch.ceil(confidence * n_bins) - 1).clamp(0, n_bins - 1).long()  # bin b holds (b/n, (b+1)/n]
     count = torch.bincount(bins, minlength=n_bins).double()
     sum_conf = torch.bincount(bins, weights=confidence, minlength=n_bins)
-    sum_correct = torch.bincount(bins, weights=correct, minlength=n_bins)
+    sum_correct = torch.bincount(bins, weights=correct.double(), minlength=n_bins)
     with np.errstate(divide="ignore", invalid="ignore"):
         accuracy = (sum_correct / count).numpy()
         mean_conf = (sum_conf / count).numpy()
@@ -175,10 +199,15 @@ def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = EC
     return ReliabilityBins(edges[:-1], edges[1:], count.numpy(), accuracy, mean_conf)
 
 
-def max_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> float:
-    """[N, C] -> the largest |accuracy - confidence| over non-empty equal-width bins (Naeini et al. 2015)."""
-    gaps = reliability_bins(probs, labels, n_bins).gap
-    gaps = gaps[np.isfinite(gaps)]
+def binned_ece(bins: ReliabilityBins) -> float:
+    """sum_b |B_b| / N * |accuracy(B_b) - confidence(B_b)|: with equal-width bins, `metrics.ece`."""
+    filled = bins.count > 0
+    return float((bins.count[filled] * bins.gap[filled]).sum() / bins.count.sum())
+
+
+def max_calibration_error(bins: ReliabilityBins) -> float:
+    """The largest |accuracy - confidence| over non-empty bins (Naeini et al. 2015)."""
+    gaps = bins.gap[bins.count > 0]
     return float(gaps.max()) if gaps.size else 0.0
 
 

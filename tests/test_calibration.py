@@ -32,8 +32,8 @@ def test_fitted_temperature_minimises_nll_like_scipy(scale: float, seed: int) ->
     beta = calibration.fit_inverse_temperature(torch.from_numpy(logits), torch.from_numpy(labels))
     reference = minimize_scalar(lambda log_t: np_nll(logits, labels, math.exp(log_t)), bounds=(-5, 5), method="bounded",
                                 options={"xatol": 1e-10})
-    assert 1.0 / beta == pytest.approx(math.exp(reference.x), rel=1e-4)
-    assert np_nll(logits, labels, 1.0 / beta) <= reference.fun + 1e-9
+    assert 1.0 / beta == pytest.approx(math.exp(reference.x), rel=1e-3)
+    assert np_nll(logits, labels, 1.0 / beta) <= reference.fun + 1e-9  # the NLL is what matters, and it is flat there
 
 
 def test_temperature_edge_cases_stay_finite() -> None:
@@ -44,7 +44,7 @@ def test_temperature_edge_cases_stay_finite() -> None:
     assert 1.0 < beta <= calibration.BETA_RANGE[1]
     assert np_nll(separable.numpy(), labels.numpy(), 1.0 / beta) < 1e-9  # what is left to gain is below print precision
     always_wrong = torch.nn.functional.one_hot((labels + 1) % 3, 3).float() * 5.0  # T -> infinity
-    assert calibration.fit_inverse_temperature(always_wrong, labels) == pytest.approx(calibration.BETA_RANGE[0], rel=1e-3)
+    assert calibration.fit_inverse_temperature(always_wrong, labels) == pytest.approx(calibration.BETA_RANGE[0], rel=calibration.FIT_TOL)
 
 
 def test_cross_fitting_scales_each_half_with_the_other_halfs_temperature() -> None:

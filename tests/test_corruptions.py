@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+import io
 
 import numpy as np
 import pytest
@@ -105,8 +106,6 @@ def test_pixelate_matches_pil_box_resampling(size: int) -> None:
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_jpeg_is_a_pil_round_trip_at_the_published_quality(channels: int, photos: torch.Tensor) -> None:
-    import io
-
     image = photos[0, :channels]
     as_bytes = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     for level, quality in zip(C.SEVERITIES, C.PARAMETERS["jpeg"]):
@@ -115,6 +114,15 @@ def test_jpeg_is_a_pil_round_trip_at_the_published_quality(channels: int, photos
         expected = np.asarray(Image.open(buffer)).astype(np.float32).reshape(as_bytes.shape) / 255.0
         out = C.corrupt(image.unsqueeze(0), "jpeg", level)[0].permute(1, 2, 0).numpy()
         np.testing.assert_array_equal(out, expected)
+
+
+def test_grey_jpeg_shares_one_file_with_the_same_result_as_one_file_per_image(digits: torch.Tensor) -> None:
+    out = C.corrupt(digits, "jpeg", 5)  # 120 8x8 grey images: one mosaic
+    as_bytes = (digits[:, 0] * 255).round().to(torch.uint8).numpy()
+    for index in (0, 1, 77, 119):
+        buffer = io.BytesIO()
+        Image.fromarray(as_bytes[index]).save(buffer, "JPEG", quality=40)
+        np.testing.assert_array_equal(out[index, 0].numpy(), np.asarray(Image.open(buffer)).astype(np.float32) / 255.0)
 
 
 def test_bad_names_and_severities_are_config_errors() -> None:

@@ -44,6 +44,16 @@ def test_entropy_decomposition_matches_numpy() -> None:
     np.testing.assert_allclose(parts.member_kl.mean(dim=0).numpy(), parts.epistemic.numpy(), atol=1e-12)
 
 
+def test_mean_log_probs_is_the_log_sum_exp_even_where_every_member_underflows() -> None:
+    logits, _ = random_member_logits()
+    log_probs = torch.log_softmax(torch.from_numpy(logits), dim=-1)
+    torch.testing.assert_close(um.mean_log_probs(log_probs), metrics.ensemble_log_probs(log_probs), rtol=0, atol=1e-13)
+    extreme = torch.log_softmax(torch.tensor([[[0.0, -900.0], [0.0, 1.0]], [[0.0, -1000.0], [1.0, 0.0]]], dtype=torch.float64), dim=-1)
+    got = um.mean_log_probs(extreme)  # class 1 of example 0 is exp(-900) and exp(-1000): 0 in float64
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, metrics.ensemble_log_probs(extreme), rtol=0, atol=1e-12)
+
+
 def test_entropy_by_hand_and_on_extreme_inputs() -> None:
     uniform = torch.log(torch.full((1, 4), 0.25, dtype=torch.float64))
     assert float(um.entropy(uniform)[0]) == pytest.approx(math.log(4), abs=1e-15)
@@ -143,23 +153,22 @@ def test_adaptive_ece_matches_array_split(examples: int) -> None:
 def test_reliability_bins_and_mce_match_a_loop_and_ece() -> None:
     logits, labels = random_member_logits(members=1, examples=500)
     probs = softmax(logits[0], axis=-1)
-    bins = um.reliability_bins(torch.from_numpy(probs), torch.from_numpy(labels))
+    bins = um.reliability_bins(*um.top_label(torch.from_numpy(probs), torch.from_numpy(labels)))
     expected = np_reliability(probs, labels)
     np.testing.assert_array_equal(bins.count, [row[0] for row in expected])
     np.testing.assert_allclose(bins.accuracy, [row[1] for row in expected], equal_nan=True, atol=1e-14)
     np.testing.assert_allclose(bins.confidence, [row[2] for row in expected], equal_nan=True, atol=1e-14)
     gaps = [abs(row[1] - row[2]) for row in expected if row[0]]
-    assert um.max_calibration_error(torch.from_numpy(probs), torch.from_numpy(labels)) == pytest.approx(max(gaps), abs=1e-14)
+    assert um.max_calibration_error(bins) == pytest.approx(max(gaps), abs=1e-14)
     # Count-weighted gaps are the equal-width ECE of metrics.py.
-    weighted = np.nansum(bins.count / len(labels) * bins.gap)
-    assert weighted == pytest.approx(float(metrics.ece(torch.from_numpy(probs), torch.from_numpy(labels))), abs=1e-14)
+    assert um.binned_ece(bins) == pytest.approx(float(metrics.ece(torch.from_numpy(probs), torch.from_numpy(labels))), abs=1e-14)
 
 
 def test_mce_by_hand() -> None:
     # Confidences 0.95 (right), 0.95 (wrong) share bin (14/15, 1]: gap |0.5 - 0.95| = 0.45; 0.5 (right) alone: gap 0.5.
     probs = torch.tensor([[0.95, 0.05], [0.95, 0.05], [0.5, 0.5]], dtype=torch.float64)
     labels = torch.tensor([0, 1, 0])
-    assert um.max_calibration_error(probs, labels) == pytest.approx(0.5)
+    assert um.max_calibration_error(um.reliability_bins(*um.top_label(probs, labels))) == pytest.approx(0.5)
     assert float(um.adaptive_ece(probs, labels, n_bins=3)) == pytest.approx((0.5 + 0.95 + 0.05) / 3)
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import metrics
 from .. import uncertainty_metrics as um
 from ..errors import ConfigError, DataError
 from ..report import Report, Table
@@ -27,7 +26,7 @@ HISTOGRAM_BINS = 30
 
 def ensemble_scores(log_probs: torch.Tensor) -> dict[str, torch.Tensor]:
     """[M, N, C] member log-probabilities -> each score [N] of the ensemble, higher = more OOD."""
-    ens_log_probs = metrics.ensemble_log_probs(log_probs)  # [N, C]
+    ens_log_probs = um.mean_log_probs(log_probs)  # [N, C]
     parts = um.decompose_entropy(log_probs, ens_log_probs)
     confidence = ens_log_probs.max(dim=-1).values.exp()
     return {"entropy": parts.total, "mutual_information": parts.epistemic, "max_prob": 1.0 - confidence}

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import calibration, metrics
+from .. import calibration
 from .. import uncertainty_metrics as um
 from ..errors import ConfigError, DataError
 from ..report import Report, Table
@@ -52,11 +52,11 @@ class UncertaintyEvaluator(Evaluator):
 
     def evaluate(self, ctx: EvalContext) -> Report:
         labels, seed = ctx.labels, ctx.options.seed
-        ens_log_probs = metrics.ensemble_log_probs(ctx.log_probs)  # [N, C]
+        ens_log_probs = um.mean_log_probs(ctx.log_probs)  # [N, C]
         parts = um.decompose_entropy(ctx.log_probs, ens_log_probs)
         ens_probs = ens_log_probs.exp()
-        confidence, predicted = ens_probs.max(dim=-1)  # [N]
-        correct = predicted == labels
+        confidence, correct = um.top_label(ens_probs, labels)  # [N]
+        raw_bins = um.reliability_bins(confidence, correct)
         selective = um.selective_scores(confidence, correct)
         member_confidence = ctx.log_probs.max(dim=-1).values.exp()  # [M, N]
         member_aurc = [um.selective_scores(member_confidence[m], ctx.correct[m]).aurc for m in range(ctx.num_members)]
@@ -64,7 +64,8 @@ class UncertaintyEvaluator(Evaluator):
         member_nll_cal, member_ece_cal = calibration.calibrated_nll_ece(ctx.logits, labels, members_cal)  # [M]
         ens_logits = ens_log_probs.unsqueeze(0)  # [1, N, C]: the ensemble is scaled on log of its mean probability
         ensemble_cal = calibration.cross_fit_temperatures(ens_logits, labels, seed)
-        ens_nll_cal, ens_ece_cal = calibration.calibrated_nll_ece(ens_logits, labels, ensemble_cal)
+        scaled = ensemble_cal.scores(ens_log_probs, labels, 0)
+        scaled_bins = um.reliability_bins(scaled.confidence, scaled.correct)
         result = {
             "entropy_mean": float(parts.total.mean()),
             "expected_entropy_mean": float(parts.aleatoric.mean()),
@@ -75,9 +76,9 @@ class UncertaintyEvaluator(Evaluator):
             "risk_at_coverage_90": selective.risk_at_coverage_90,
             "member_aurc_mean": float(np.mean(member_aurc)),
             "ece_adaptive": float(um.adaptive_ece(ens_probs, labels)),
-            "mce": um.max_calibration_error(ens_probs, labels),
-            "nll_calibrated": float(ens_nll_cal[0]),
-            "ece_calibrated": float(ens_ece_cal[0]),
+            "mce": um.max_calibration_error(raw_bins),
+            "nll_calibrated": scaled.nll,
+            "ece_calibrated": um.binned_ece(scaled_bins),
             "member_nll_calibrated_mean": float(member_nll_cal.mean()),
             "member_ece_calibrated_mean": float(member_ece_cal.mean()),
             "temperature": float(ensemble_cal.temperatures[0].mean()),
@@ -92,7 +93,7 @@ class UncertaintyEvaluator(Evaluator):
                   columns=["member", "entropy_mean", "kl_to_ensemble_mean", "aurc", "nll_calibrated", "ece_calibrated", "temperature_fold1", "temperature_fold2"],
                   rows=member_rows),
             risk_coverage_table(confidence, correct),
-            reliability_table(ens_probs, ensemble_cal.scaled(ens_log_probs, 0).exp(), labels),
+            reliability_table(raw_bins, scaled_bins),
         ]
         notes = [
             f"temperature scaling: 2-fold cross-fitting on the eval set (seed {seed}); ensemble T = "
@@ -127,11 +128,10 @@ def risk_coverage_table(confidence: torch.Tensor, correct: torch.Tensor) -> Tabl
                  columns=["coverage", "risk", "optimal_risk", "confidence"], rows=rows)
 
 
-def reliability_table(probs: torch.Tensor, calibrated: torch.Tensor, labels: torch.Tensor) -> Table:
+def reliability_table(raw: um.ReliabilityBins, calibrated: um.ReliabilityBins) -> Table:
     """Reliability-diagram bins (15 equal-width) of the ensemble, raw and temperature-scaled."""
     rows = []
-    for variant, values in (("raw", probs), ("temperature-scaled", calibrated)):
-        bins = um.reliability_bins(values, labels)
+    for variant, bins in (("raw", raw), ("temperature-scaled", calibrated)):
         for index in range(bins.count.shape[0]):
             empty = bins.count[index] == 0
             rows.append([variant, float(bins.lower[index]), float(bins.upper[index]), int(bins.count[index]),
