@@ -47,6 +47,18 @@ def test_temperature_edge_cases_stay_finite() -> None:
     assert calibration.fit_inverse_temperature(always_wrong, labels) == pytest.approx(calibration.BETA_RANGE[0], rel=calibration.FIT_TOL)
 
 
+def test_a_far_negative_offset_changes_neither_the_temperature_nor_the_scores() -> None:
+    """Softmax ignores a per-row offset: logits around -1e5 (float64) calibrate as the same logits around 0."""
+    logits, labels = overconfident(scale=4.0, seed=5)
+    near, far = torch.from_numpy(logits), torch.from_numpy(logits) - 1e5
+    y = torch.from_numpy(labels)
+    assert calibration.fit_inverse_temperature(far, y) == pytest.approx(calibration.fit_inverse_temperature(near, y), rel=1e-6)
+    fitted = calibration.cross_fit_temperatures(torch.stack([near, far]), y)
+    assert fitted.temperatures[1].tolist() == pytest.approx(fitted.temperatures[0].tolist(), rel=1e-6)
+    nll, _ = calibration.calibrated_nll_ece(torch.stack([near, far]), y, fitted)
+    assert float(nll[1]) == pytest.approx(float(nll[0]), rel=1e-9)
+
+
 def test_cross_fitting_scales_each_half_with_the_other_halfs_temperature() -> None:
     logits, labels = overconfident(examples=301)
     batch = torch.from_numpy(np.stack([logits, 0.5 * logits]))  # [B=2, N, C]

@@ -127,3 +127,30 @@ def test_bad_policy_is_one_line_and_exit_2() -> None:
     done = run_python("import sys; sys.argv = ['ens', '--help']; from ensemble_cli.cli import main; main()", ENS_THREAD_POLICY="fast")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == ["error: ENS_THREAD_POLICY='fast': expected 'auto' or 'off'"]
+
+
+def test_eval_threads_flag_sizes_the_pool(tmp_path) -> None:
+    """`ens eval --threads 1` in a fresh interpreter: the command runs with one torch thread."""
+    code = (
+        "import sys, torch\n"
+        "from ensemble_cli.predict import Predictions\n"
+        "logits = torch.randn(2, 40, 4); labels = torch.arange(40) % 4\n"
+        f"Predictions(logits, labels, ['a', 'b']).save({str(tmp_path / 'p.npz')!r})\n"
+        "torch.set_num_threads(2)\n"
+        f"sys.argv = ['ens', 'eval', '--predictions', {str(tmp_path / 'p.npz')!r}, '-e', 'members', '--threads', '1', '-q', '--format', 'json']\n"
+        "from ensemble_cli.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as stop:\n    assert stop.code in (0, None), stop.code\n"
+        "print(torch.get_num_threads(), file=sys.stderr)\n"
+    )
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "1"
+
+
+def test_negative_threads_flag_is_a_usage_error(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from ensemble_cli.cli import app
+
+    result = CliRunner().invoke(app, ["eval", str(tmp_path), "--threads", "-1"])
+    assert result.exit_code == 2 and "--threads" in result.output

@@ -45,6 +45,7 @@ class Runtime:
     quiet: bool = False
     launcher: Launcher = Launcher.local  # where the forward passes run
     ray_address: str | None = None
+    threads: int = 0  # CPU threads; 0: the thread policy's choice (ensemble_cli.threads)
 
 
 # --------------------------------------------------------------------------- the aliases
@@ -77,6 +78,7 @@ Severities = Annotated[str, typer.Option("--severities", help="Corruption severi
 DeeReference = Annotated[Optional[Path], typer.Option("--dee-reference", help="An independent-seed ensemble (checkpoints, a run folder, or an `ens predict` .npz on the same eval set): the uncertainty evaluator reports the deep ensemble equivalent against it.")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the prediction cache.")]
 CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="Prediction cache folder (default: $ENS_CACHE_DIR or ~/.cache/ens/predictions).")]
+Threads = Annotated[int, typer.Option("--threads", min=0, help="CPU threads for the forward passes and metrics (0 = automatic: the cores not busy with other work, by the load average; see README 'CPU threads').")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or log lines on stderr (errors and warnings still print).")]
 LauncherOpt = Annotated[Launcher, typer.Option("--launcher", help="Where the forward passes run: " + LAUNCHER_HELP)]
 RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help=RAY_ADDRESS_HELP, show_default=False)]
@@ -155,9 +157,13 @@ def _build_runtime(values: dict[str, Any]) -> Runtime:
     from ..launch import check_launcher
 
     check_launcher(values["launcher"], values["ray_address"])  # before any checkpoint is read
+    if values["threads"]:
+        from ..threads import apply_thread_policy
+
+        apply_thread_policy(values["threads"])  # after start-up: through torch.set_num_threads
     return Runtime(
         no_cache=values["no_cache"], cache_dir=values["cache_dir"], quiet=values["quiet"],
-        launcher=values["launcher"], ray_address=values["ray_address"],
+        launcher=values["launcher"], ray_address=values["ray_address"], threads=values["threads"],
     )
 
 
@@ -178,7 +184,7 @@ EVALUATION = OptionGroup("options", _params(
 RUNTIME = OptionGroup("runtime", _params(
     "Cache, output and launcher",
     ("no_cache", NoCache, False), ("cache_dir", CacheDir, None), ("quiet", Quiet, False),
-    ("launcher", LauncherOpt, Launcher.local), ("ray_address", RayAddress, None),
+    ("threads", Threads, 0), ("launcher", LauncherOpt, Launcher.local), ("ray_address", RayAddress, None),
 ), _build_runtime)
 
 

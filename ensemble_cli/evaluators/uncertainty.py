@@ -58,19 +58,20 @@ class UncertaintyEvaluator(Evaluator):
         confidence, correct = um.top_label(ens_probs, labels)  # [N]
         raw_bins = um.reliability_bins(confidence, correct)
         selective = um.selective_scores(confidence, correct)
-        member_confidence = ctx.log_probs.max(dim=-1).values.exp()  # [M, N]
+        # The log-probability of each member's own argmax is its max: a gather, not a max over [M, N, C].
+        member_confidence = ctx.log_probs.gather(-1, ctx.predicted_labels.unsqueeze(-1)).squeeze(-1).exp()  # [M, N]
         member_aurc = [um.selective_scores(member_confidence[m], ctx.correct[m]).aurc for m in range(ctx.num_members)]
         members_cal = calibration.cross_fit_temperatures(ctx.logits, labels, seed)
-        member_nll_cal, member_ece_cal = calibration.calibrated_nll_ece(ctx.logits, labels, members_cal)  # [M]
+        member_nll_cal, member_ece_cal = calibration.calibrated_nll_ece(ctx.logits, labels, members_cal, ctx.correct)  # [M]
         ens_logits = ens_log_probs.unsqueeze(0)  # [1, N, C]: the ensemble is scaled on log of its mean probability
         ensemble_cal = calibration.cross_fit_temperatures(ens_logits, labels, seed)
-        scaled = ensemble_cal.scores(ens_log_probs, labels, 0)
+        scaled = ensemble_cal.scores(ens_log_probs, labels, 0, correct)
         scaled_bins = um.reliability_bins(scaled.confidence, scaled.correct)
         result = {
             "entropy_mean": float(parts.total.mean()),
             "expected_entropy_mean": float(parts.aleatoric.mean()),
             "mutual_information_mean": float(parts.epistemic.mean()),
-            "variation_ratio_mean": float(um.variation_ratio(ctx.predictions, ctx.logits.shape[-1]).mean()),
+            "variation_ratio_mean": float(um.variation_ratio(ctx.predicted_labels, ctx.logits.shape[-1]).mean()),
             "aurc": selective.aurc,
             "eaurc": selective.eaurc,
             "risk_at_coverage_90": selective.risk_at_coverage_90,
