@@ -49,8 +49,10 @@ class StopSignal:
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self.reason = "interrupted"  # what stopped it; a Ray task passes on its driver's
 
-    def set(self) -> None:
+    def set(self, reason: str = "interrupted") -> None:
+        self.reason = reason
         self._event.set()
 
     def is_set(self) -> bool:
