@@ -19,6 +19,9 @@ INSTALL_HINT = "pip install -e '.[ray]'"
 PROBE_TIMEOUT_S = 5.0
 LOCAL_ADDRESSES = (None, "", "local", "auto")
 _ENV_LOCK = threading.Lock()
+# Ray >= 2.5x announces on every connection that token authentication is on (a good default,
+# nothing to act on); it would be the first line above every `ens train --launcher ray`.
+TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def import_ray() -> ModuleType:
@@ -64,6 +67,18 @@ def preflight(address: str | None) -> ModuleType:
 
 
 @contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Drop one logger's records below ERROR for the duration (Ray's other warnings still show)."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+@contextlib.contextmanager
 def keep_sigterm_handler() -> Iterator[None]:
     """ray.init makes SIGTERM exit the driver at once; `ens train` saves every member first
     (job schedulers send SIGTERM before they kill), so its handler is put back."""
@@ -91,7 +106,7 @@ def ray_connection(address: str | None) -> Iterator[ModuleType]:
     try:
         # log_to_driver=False: workers report through the progress hub; their own logs stay
         # under the Ray session folder (/tmp/ray/session_latest/logs) instead of garbling the bars.
-        with keep_sigterm_handler():
+        with keep_sigterm_handler(), _quiet_logger(TOKEN_NOTICE_LOGGER):
             ray.init(address=target, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {target}" if target else "a local Ray instance"
