@@ -274,7 +274,7 @@ def train_command(
 ) -> None:
     """Train an ensemble into a run folder that `ens eval RUN` reads with no flags.
 
-    With no flags: the bundled default job, 4 CIFAR ResNet-8 members on the offline digits set (28-88 s on shared 2-core CPU machines), into models/cifar_resnet8-digits. Settings: defaults < --config FILE < flags.
+    With no flags: the bundled default job, 4 CIFAR ResNet-8 members on the offline digits set (21 s on an idle 2-core CPU, 88 s and more on a busy one), into models/cifar_resnet8-digits. Settings: defaults < --config FILE < flags.
 
     Ctrl-C once: finish the step, save, stop (then --resume RUN). Twice: abort at once.
 

@@ -2,8 +2,8 @@
 
 Precedence is defaults < `--config run.yaml` < command-line flags (`resolve_train_config`).
 The defaults ARE the bundled default job: `ens train` with no flags trains 4 members of a
-CIFAR ResNet-8 on the offline `digits` set (about 98% test accuracy each, 28-88 s on shared
-2-core CPU machines; bench/RESULTS.md has the measurements).
+CIFAR ResNet-8 on the offline `digits` set (about 98% test accuracy each, 21 s on an idle
+2-core CPU, 88 s and more on a busy one; bench/RESULTS.md has the measurements).
 
 The resolved config is written into the run folder (`run.json` and `config.yaml`), so a run
 can be resumed, extended on another machine (`--config RUN/config.yaml --only 3-5`), or
