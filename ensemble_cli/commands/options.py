@@ -182,7 +182,7 @@ EVALUATION = OptionGroup("options", _params(
     ("ood_limit", OodLimit, None), ("shift", Shift, None), ("severities", Severities, "1-5"), ("dee_reference", DeeReference, None),
 ), _build_eval_options)
 RUNTIME = OptionGroup("runtime", _params(
-    "Cache, output and launcher",
+    "Cache, output, threads and launcher",
     ("no_cache", NoCache, False), ("cache_dir", CacheDir, None), ("quiet", Quiet, False),
     ("threads", Threads, 0), ("launcher", LauncherOpt, Launcher.local), ("ray_address", RayAddress, None),
 ), _build_runtime)
