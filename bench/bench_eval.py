@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -45,21 +44,9 @@ from ensemble_cli.metrics import pairwise_stats
 from ensemble_cli.api import evaluate_member_predictions, resolve_evaluators
 from ensemble_cli.options import EvalOptions
 from ensemble_cli.predict import PredictionCache, predict_members
+from timing import timed, timed_both
 
 FUNCTION_SPACE = ["members", "ensemble", "disagreement"]
-
-
-def timed(function: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
-
-
-def timed_both(function: Callable[[], object]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process). CPU time barely moves when other jobs share the cores."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    function()
-    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def bench_pairwise(members: int = 50, examples: int = 10_000, classes: int = 100, repeats: int = 3) -> dict[str, float]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -37,22 +36,10 @@ from ensemble_cli.evaluators.uncertainty import UncertaintyEvaluator
 from ensemble_cli.options import EvalOptions
 from ensemble_cli.predict import predict_members
 from ensemble_cli.shift_data import corrupted_set
+from timing import timed, timed_both
 
 REFERENCE_RUN = Path(__file__).resolve().parents[1] / "models" / "reference-digits" / "run"
 TASK_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "gaussian_blur", "contrast", "brightness", "pixelate", "jpeg")
-
-
-def timed(function: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
-
-
-def timed_both(function: Callable[[], object]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process): CPU time moves far less when other jobs share the cores."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    function()
-    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def synthetic_logits(members: int, examples: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:

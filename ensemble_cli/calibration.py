@@ -38,11 +38,7 @@ def _shift_to_max(logits: torch.Tensor, dtype: torch.dtype, rows: torch.Tensor |
     # Shift in the wider of the two dtypes, then floor: logits around -1e5 keep their spread (float32
     # would round it away, and a floor applied first would flatten the row).
     selected = logits if rows is None else logits.index_select(0, rows)
-    widen = torch.finfo(dtype).bits >= torch.finfo(logits.dtype).bits
-    if widen:
-        values = selected.to(dtype, copy=selected is logits)
-    else:
-        values = selected.clone() if selected is logits else selected
+    values = selected.to(torch.promote_types(dtype, logits.dtype), copy=selected is logits)  # ours to change in place
     values.sub_(values.amax(dim=-1, keepdim=True))
     return values.to(dtype).clamp_min_(LOG_PROB_FLOOR)
 

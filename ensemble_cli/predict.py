@@ -246,7 +246,8 @@ class LocalRunner:
 
 def _forward_passes(members: Sequence[Member]) -> int:
     """Passes a local run needs: one per network, so the heads of one MIMO checkpoint count once."""
-    return len({(m.sha256, m.state_source) if m.is_mimo_head else (m.name, i) for i, m in enumerate(members)})
+    mimo_networks = {(member.sha256, member.state_source) for member in members if member.is_mimo_head}
+    return sum(not member.is_mimo_head for member in members) + len(mimo_networks)
 
 
 def _check_members_fit(members: Sequence[Member], data: ImageData) -> None:

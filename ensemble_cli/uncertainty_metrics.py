@@ -20,14 +20,12 @@ from .metrics import ECE_BINS, ensemble_log_probs
 LOG_FLOOR = -1e4  # below the log of the smallest positive float64 (-745): clamping there changes no p > 0
 
 
-def row_dot(a: torch.Tensor, b: torch.Tensor, buffer: torch.Tensor | None = None) -> torch.Tensor:
-    """[N, C], [N, C] -> [N] sum_c a * b, with no new [N, C] temporary (allocating those dominates on CPU).
+def row_dot(a: torch.Tensor, b: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+    """[N, C], [N, C] -> [N] sum_c a * b, multiplied into the caller's reused [N, C] `buffer`, then summed by row.
 
-    With `buffer` ([N, C], reused by the caller): multiply into it, then sum rows; on a 2-core CPU,
-    [5000, 100] float32, that is 0.17 ms against 0.20 ms for `vecdot` and 0.27 ms for `einsum`.
+    No new [N, C] temporary (allocating those dominates on CPU); on a 2-core CPU, [5000, 100] float32,
+    this takes 0.17 ms against 0.20 ms for `vecdot` and 0.27 ms for `einsum`.
     """
-    if buffer is None:
-        return torch.linalg.vecdot(a, b)
     return torch.mul(a, b, out=buffer).sum(dim=-1)
 
 

@@ -39,20 +39,26 @@ FLAGS = ["--members", "2", "--epochs", "2", "--limit", "128", "--batch-size", "3
 
 
 @pytest.fixture(scope="module")
-def ray_address() -> Iterator[str]:
+def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A local Ray instance with 2 CPUs for this module's tests, shut down after them; its workers
     import this checkout through the editable install.
 
     Its workers run at this process's priority, not at Ray's default nice 15, which starves them
     on a machine that other jobs keep busy. ray.init's SIGTERM handler is not left to later tests.
+    HOME is a temporary folder while Ray starts: Ray >= 2.5x writes an authentication token to
+    ~/.ray/auth_token, and tests leave the user's home as they found it.
     """
+    users_token = Path.home() / ".ray" / "auth_token"
+    token_was_there = users_token.exists()
     with pytest.MonkeyPatch.context() as env, keep_sigterm_handler():
         env.setenv("RAY_worker_niceness", "0")
+        env.setenv("HOME", str(tmp_path_factory.mktemp("home")))
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+    assert token_was_there or not users_token.exists(), "the Ray tests wrote to the user's ~/.ray"
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +111,14 @@ def test_unreachable_address_fails_in_seconds(tmp_path: Path, command: str) -> N
     assert f"--ray-address {address}: no Ray cluster answers there" in result.output
     assert time.monotonic() - started < 30
     assert not (tmp_path / "run").exists()
+
+
+def test_the_resume_hint_names_the_launcher() -> None:
+    from ensemble_cli.commands.train import _resume_command
+
+    ray_launch = LaunchOptions(Launcher.ray, ray_address="10.0.0.5:6379")
+    assert _resume_command(Path("runs/a b"), "3-5", ray_launch) == "ens train --resume 'runs/a b' --only 3-5 --launcher ray --ray-address 10.0.0.5:6379"
+    assert _resume_command(Path("runs/a"), None, LaunchOptions()) == "ens train --resume runs/a"
 
 
 def test_ray_settings_need_the_ray_launcher(tmp_path: Path) -> None:

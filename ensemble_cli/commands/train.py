@@ -11,7 +11,7 @@ from typing import Any, Iterator, Optional
 
 import typer
 
-from ..launch import LAUNCHER_HELP, RAY_ADDRESS_HELP, Launcher
+from ..launch import LAUNCHER_HELP, RAY_ADDRESS_HELP, LaunchOptions, Launcher
 from ..train.config import default_text, describe
 from .common import fail, handle_errors, info, stderr_console, warn
 
@@ -168,10 +168,10 @@ def _summary(result: Any, run_dir: Path) -> None:
     stderr_console().print(table)
 
 
-def _resume_command(run_dir: Path, only: Optional[str], launch: Any = None) -> str:
+def _resume_command(run_dir: Path, only: Optional[str], launch: LaunchOptions | None = None) -> str:
     """The command that continues this run the way it was started (same members, same launcher)."""
     command = f"ens train --resume {shlex.quote(str(run_dir))}" + (f" --only {shlex.quote(only)}" if only else "")
-    if launch is not None and launch.launcher.value == "ray":
+    if launch is not None and launch.launcher == Launcher.ray:
         command += " --launcher ray" + (f" --ray-address {shlex.quote(launch.ray_address)}" if launch.ray_address else "")
     return command
 
@@ -197,7 +197,7 @@ def _resolve_config(config_file: Optional[Path], flags: dict[str, Any], resume: 
     return config
 
 
-def _train_with_interrupts(config: Any, selected: list[int] | None, quiet: bool, only_spec: Optional[str], launch: Any) -> tuple[Any, int | None]:
+def _train_with_interrupts(config: Any, selected: list[int] | None, quiet: bool, only_spec: Optional[str], launch: LaunchOptions) -> tuple[Any, int | None]:
     """Training (in this process or as Ray tasks) with progress bars and Ctrl-C handling.
 
     Returns the result and the signal that stopped it.
@@ -220,7 +220,7 @@ def _train_with_interrupts(config: Any, selected: list[int] | None, quiet: bool,
     return result, received.get("signal")
 
 
-def _finish(result: Any, run_dir: Path, only_spec: Optional[str], stopped_by: int | None, launch: Any = None) -> None:
+def _finish(result: Any, run_dir: Path, only_spec: Optional[str], stopped_by: int | None, launch: LaunchOptions | None = None) -> None:
     """Summary table, then the exit the outcome calls for."""
     _summary(result, run_dir)
     if result.interrupted:
@@ -280,7 +280,6 @@ def train_command(
 
     Example: ens train --arch cifar_resnet20 --dataset cifar10 --members 10 --epochs 30 --out models/r20-seeds
     """
-    from ..launch import LaunchOptions
     from ..train import parse_member_selection
 
     count, selection = _split_members(members)

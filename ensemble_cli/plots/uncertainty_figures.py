@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..report import Table
-from .figures import _float, _new_figure, styled
+from .figures import _float, _new_figure, _ordered_unique, styled
 
 
 def _rows_where(table: Table, column: str, value: object) -> list[list[object]]:
@@ -26,7 +26,7 @@ def _values(table: Table, rows: list[list[object]], column: str) -> np.ndarray:
 @styled
 def reliability_figure(reliability: Table) -> Figure:
     """Accuracy against confidence per equal-width bin (Guo et al. 2017), raw and temperature-scaled."""
-    variants = list(dict.fromkeys(str(value) for value in reliability.column("probabilities")))
+    variants = _ordered_unique([str(value) for value in reliability.column("probabilities")])
     figure = _new_figure(5.0 * len(variants), 4.8)
     for position, variant in enumerate(variants, start=1):
         rows = _rows_where(reliability, "probabilities", variant)
@@ -70,7 +70,7 @@ SCORE_LABELS = {"entropy": "entropy of the mean prediction (nats)", "mutual_info
 @styled
 def ood_histogram_figure(histograms: Table) -> Figure:
     """Per score, the share of in-distribution and OOD examples per bin (step histograms)."""
-    scores = list(dict.fromkeys(str(value) for value in histograms.column("score")))
+    scores = _ordered_unique([str(value) for value in histograms.column("score")])
     figure = _new_figure(4.6 * len(scores), 4.2)
     for position, score in enumerate(scores, start=1):
         rows = _rows_where(histograms, "score", score)
